@@ -1,0 +1,2 @@
+"""stdd — the STDPipe daemon."""
+__version__ = "0.1.0"

@@ -1,0 +1,295 @@
+"""Typed settings: the one description of every key stdd accepts.
+
+Every model forbids unknown keys, so a typo is an error that names the key rather than a
+silently ignored setting. Paths stay as written here; `stdd.config.load` resolves them
+against the config file's folder once, at load time.
+
+Design note: pydantic v2 models, one per TOML section. The pipeline section holds STDWeb's
+defaults (shared/spec/stages.md) so that a frame processed by stdd and by STDWeb with default
+settings is measured the same way.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class PathsSettings(Section):
+    """Where stdd keeps its state. Everything lives under `var` unless placed elsewhere."""
+
+    var: Path = Path("var")
+    incoming: list[Path] = Field(default_factory=lambda: [Path("var/incoming")])
+    work: Path = Path("var/work")
+    results: Path = Path("var/results")
+    quarantine: Path = Path("var/quarantine")
+    archive: Path = Path("var/archive")
+    database: Path = Path("var/stdd.sqlite")
+    cache: Path = Path("var/cache")
+    requests: Path = Path("var/requests")
+    alert_drop: Path = Path("var/alerts-incoming")
+
+
+class WatchSettings(Section):
+    patterns: list[str] = Field(
+        default_factory=lambda: ["*.fits", "*.fit", "*.fts", "*.fits.fz", "*.fits.gz", "*.fit.gz", "*.fts.gz"]
+    )
+    ignore: list[str] = Field(default_factory=lambda: [".*", "*.part", "*.tmp", "*~"])
+    settle_seconds: float = Field(2.0, ge=0)
+    poll: bool = False
+    poll_interval: float = Field(1.0, gt=0)
+    rescan_minutes: float = Field(10.0, gt=0)
+    recursive: bool = True
+    after_success: Literal["leave", "archive", "delete"] = "leave"
+
+
+class PoolSettings(Section):
+    executor: Literal["local", "dask"] = "local"
+    workers: int = Field(0, ge=0, description="0 means the number of CPU cores")
+    max_attempts: int = Field(3, ge=1)
+    retry_backoff_seconds: float = Field(30.0, ge=0)
+    stage_timeout_seconds: float = Field(1800.0, gt=0)
+    kill_grace_seconds: float = Field(10.0, ge=0)
+    shutdown_grace_seconds: float = Field(30.0, ge=0)
+    crash_loop_failures: int = Field(5, ge=1)
+    crash_loop_window_seconds: float = Field(120.0, gt=0)
+    dask_scheduler: str | None = None
+
+    @property
+    def effective_workers(self) -> int:
+        return self.workers or (os.cpu_count() or 1)
+
+
+class HttpSettings(Section):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(8754, ge=0, le=65535)
+    unix_socket: Path | None = None
+    token_file: Path = Path("var/http.token")
+    token_env: str = "STDD_HTTP_TOKEN"
+    open_reads: bool = True
+
+
+class PipelineSettings(Section):
+    """Processing parameters; defaults are STDWeb's."""
+
+    steps: list[Literal["inspect", "photometry", "transients", "subtraction"]] = Field(
+        default_factory=lambda: ["inspect", "photometry", "transients", "subtraction"]
+    )
+    instrument: str | None = None
+    # inspect
+    mask_cosmics: bool = True
+    max_masked_fraction: float = Field(0.95, gt=0, le=1)
+    saturation: float | None = None
+    gain: float | None = None
+    filter: str | None = None
+    # photometry
+    sn: float = Field(5.0, gt=0)
+    detection_thresh: float = Field(2.0, gt=0)
+    initial_aper: float = Field(3.0, gt=0)
+    rel_aper: float = Field(1.0, gt=0)
+    rel_bg1: float = Field(5.0, gt=0)
+    rel_bg2: float = Field(7.0, gt=0)
+    bg_size: int = Field(256, gt=0)
+    minarea: int = Field(3, ge=1)
+    optimal_extraction: bool = False
+    prefilter_outliers: bool = True
+    blend_filter: bool = True
+    cat_limit: float = 20.0
+    spatial_order: int = Field(2, ge=0, le=5)
+    use_color: bool = True
+    bg_term: bool = False
+    nonlin_term: bool = False
+    refine_wcs: bool = True
+    wcs_order: int = Field(3, ge=0, le=6)
+    wcs_max_rms_arcsec: float = Field(2.0, gt=0)
+    blind_match: bool = True
+    blind_scale_lower_arcsec: float | None = None
+    blind_scale_upper_arcsec: float | None = None
+    targets: list[str] = Field(default_factory=list)
+    # simple transients
+    simple_mag_diff: float = 2.0
+    simple_max_candidates: int = Field(100, ge=0)
+    simple_bright_shape_cut_sn: float = 20.0
+    skybot: bool = False
+    # subtraction
+    sub_method: Literal["auto", "sfft", "hotpants", "zogy"] = "auto"
+    sub_mode: Literal["detection", "target"] = "detection"
+    sub_size: int = Field(1000, ge=64)
+    sub_overlap: int = Field(50, ge=0)
+    sub_reproject: Literal["lanczos", "swarp"] = "swarp"
+    sfft_kernel_poly_order: int = Field(0, ge=0, le=3)
+    sfft_bg_poly_order: int = Field(0, ge=0, le=3)
+    sfft_flux_poly_order: int = Field(0, ge=0, le=3)
+    hotpants_exe: Path | None = None
+    template_saturation_mag: float = 13.0
+    dipole_test: bool = True
+    cutout_radius: int = Field(15, ge=4)
+
+    @model_validator(mode="after")
+    def _annulus(self):
+        if self.rel_bg2 <= self.rel_bg1:
+            raise ValueError("rel_bg2 must be larger than rel_bg1")
+        return self
+
+
+class CatalogSettings(Section):
+    source: Literal["local", "vizier"] = "local"
+    files: list[Path] = Field(default_factory=list)
+    columns: dict[str, str] = Field(default_factory=dict, description="our name -> column in the file")
+    vizier_catalog: str | None = None
+    timeout_seconds: float = Field(60.0, gt=0)
+    retries: int = Field(2, ge=0)
+
+
+class TemplateSettings(Section):
+    source: Literal["none", "local", "custom", "survey"] = "local"
+    folder: Path | None = Path("var/templates")
+    file: Path | None = None
+    survey: Literal["auto", "ps1", "ls", "hips"] = "auto"
+    hips: str | None = None
+    timeout_seconds: float = Field(120.0, gt=0)
+
+
+class SiteSettings(Section):
+    name: str = "Observatory"
+    lat: float = Field(0.0, ge=-90, le=90)
+    lon: float = Field(0.0, ge=-180, le=360)
+    elevation: float = 0.0
+    min_altitude: float = Field(20.0, ge=0, le=90)
+    max_sun_altitude: float = Field(-12.0, ge=-90, le=90)
+
+
+class KafkaSettings(Section):
+    bootstrap_servers: str | None = None
+    domain: str = "gcn.nasa.gov"
+    client_id: str | None = None
+    client_id_env: str = "GCN_CLIENT_ID"
+    client_secret_env: str = "GCN_CLIENT_SECRET"
+    client_secret_file: Path | None = None
+    group_id: str = "stdd"
+    topics: list[str] = Field(
+        default_factory=lambda: [
+            "gcn.classic.voevent.SWIFT_BAT_GRB_POS_ACK",
+            "gcn.classic.voevent.SWIFT_XRT_POSITION",
+            "gcn.classic.voevent.FERMI_GBM_FLT_POS",
+            "gcn.classic.voevent.FERMI_GBM_GND_POS",
+            "gcn.classic.voevent.FERMI_GBM_FIN_POS",
+            "gcn.classic.voevent.ICECUBE_ASTROTRACK_GOLD",
+            "gcn.classic.voevent.ICECUBE_ASTROTRACK_BRONZE",
+            "gcn.notices.swift.bat.guano",
+            "gcn.notices.einstein_probe.wxt.alert",
+            "gcn.notices.icecube.lvk_nu_track_search",
+            "igwn.gwalert",
+            "gcn.heartbeat",
+        ]
+    )
+
+
+class PolicyRule(Section):
+    missions: list[str] = Field(default_factory=lambda: ["*"])
+    notice_types: list[str] = Field(default_factory=lambda: ["*"])
+    roles: list[Literal["observation", "test", "mock", "control"]] = Field(
+        default_factory=lambda: ["observation"]
+    )
+    max_error_radius_deg: float = Field(1.0, gt=0)
+    priority: int = 10
+    require_visible: bool = True
+    actions: list[str] = Field(default_factory=list)
+
+
+class ActionSettings(Section):
+    kind: Literal["exec", "webhook", "request_file"]
+    command: list[str] | None = None
+    url: str | None = None
+    folder: Path | None = None
+    timeout_seconds: float = Field(30.0, gt=0)
+    retries: int = Field(3, ge=0)
+
+    @model_validator(mode="after")
+    def _needs(self):
+        need = {"exec": "command", "webhook": "url", "request_file": "folder"}[self.kind]
+        if getattr(self, need) in (None, []):
+            raise ValueError(f"an action of kind {self.kind!r} needs {need!r}")
+        return self
+
+
+class AlertSettings(Section):
+    enabled: bool = False
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    live_hours: float = Field(48.0, gt=0)
+    visibility_window_hours: float = Field(12.0, gt=0)
+    forced_photometry_max_radius_deg: float = Field(0.05, gt=0)
+    rules: list[PolicyRule] = Field(default_factory=lambda: [PolicyRule()])
+    actions: dict[str, ActionSettings] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _known_actions(self):
+        for i, rule in enumerate(self.rules):
+            for name in rule.actions:
+                if name not in self.actions:
+                    raise ValueError(f"rules[{i}] names action {name!r}, which is not defined in alerts.actions")
+        return self
+
+
+class RetentionSettings(Section):
+    work_days: float = Field(7.0, ge=0)
+    cache_days: float = Field(90.0, ge=0)
+    summary_hour_utc: int = Field(12, ge=0, le=23)
+
+
+class Settings(Section):
+    paths: PathsSettings = Field(default_factory=PathsSettings)
+    watch: WatchSettings = Field(default_factory=WatchSettings)
+    pool: PoolSettings = Field(default_factory=PoolSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
+    catalog: CatalogSettings = Field(default_factory=CatalogSettings)
+    template: TemplateSettings = Field(default_factory=TemplateSettings)
+    offline: bool = True
+    site: SiteSettings = Field(default_factory=SiteSettings)
+    alerts: AlertSettings = Field(default_factory=AlertSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    instruments_dir: Path = Path("config/instruments")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    # where the settings came from: set by the loader, never a TOML key
+    _source_file: Path | None = PrivateAttr(default=None)
+
+    @property
+    def source_file(self) -> Path | None:
+        return self._source_file
+
+
+class InstrumentProfile(Section):
+    """One camera: what its headers do not say, or say wrongly."""
+
+    name: str
+    description: str = ""
+    match: dict[str, str] = Field(default_factory=dict, description="header keyword -> glob on its value")
+    gain: float | None = Field(None, gt=0)
+    read_noise: float | None = Field(None, ge=0)
+    saturation: float | None = Field(None, gt=0)
+    pixel_scale_arcsec: float | None = Field(None, gt=0)
+    filter_aliases: dict[str, str] = Field(default_factory=dict, description="header value -> band")
+    trim: str | None = Field(None, description="FITS section kept, e.g. [1:2048,1:2048]")
+    overscan: str | None = Field(None, description="FITS section of the overscan, e.g. [2049:2080,1:2048]")
+    bad_pixel_mask: Path | None = None
+    pipeline: dict[str, object] = Field(default_factory=dict, description="pipeline overrides")
+
+    @field_validator("trim", "overscan")
+    @classmethod
+    def _section(cls, v):
+        if v is None:
+            return v
+        import re
+
+        if not re.fullmatch(r"\[\s*\d+\s*:\s*\d+\s*,\s*\d+\s*:\s*\d+\s*\]", v):
+            raise ValueError(f"expected a FITS section like [1:2048,1:2048], got {v!r}")
+        return v

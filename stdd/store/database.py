@@ -1,0 +1,215 @@
+"""The SQLite file: connection settings, schema and forward migrations.
+
+Design note: SQLite in WAL mode is the queue, the audit log and the alert store. It needs no
+server, survives a crash of any process (a committed row is on disk), and lets the daemon, its
+workers and the CLI read while one of them writes. Every write goes through `Database.write()`,
+a `BEGIN IMMEDIATE` transaction, so two writers wait for each other (busy timeout) instead of
+failing or interleaving. The SQL lives in the `stdd.store` package only: this module owns the
+schema, `frames.py` the frame queue, `alerts.py` alerts and actions, `events.py` the audit log.
+"""
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import sqlite_utils
+
+BUSY_TIMEOUT_MS = 30_000
+
+
+def _v1(db: sqlite_utils.Database) -> None:
+    db["frames"].create(
+        {
+            "id": int, "path": str, "name": str, "sha256": str, "size": int, "mtime": float,
+            "version": int, "state": str, "stage": str, "priority": int, "attempts": int,
+            "next_attempt_at": float, "error": str, "steps": str, "options": str,
+            "work_dir": str, "result_dir": str, "worker": str, "pid": int,
+            "ra": float, "dec": float, "radius": float, "footprint": str,
+            "filter": str, "time_mid": str, "exptime": float,
+            "zp": float, "zp_err": float, "color_term": float, "fwhm_arcsec": float,
+            "mag_limit": float, "n_stars_calib": int, "wcs_rms_arcsec": float,
+            "n_candidates": int, "alert_ids": str,
+            "created_at": float, "queued_at": float, "started_at": float, "finished_at": float,
+            "updated_at": float,
+        },
+        pk="id",
+        not_null={"path", "sha256", "state", "created_at"},
+        defaults={"state": "queued", "priority": 0, "attempts": 0, "version": 1},
+    )
+    db["frames"].create_index(["sha256"], unique=True)
+    db["frames"].create_index(["state", "priority", "queued_at"])
+    db["frames"].create_index(["path"])
+    db["stage_runs"].create(
+        {
+            "id": int, "frame_id": int, "stage": str, "attempt": int, "state": str,
+            "started_at": float, "finished_at": float, "seconds": float, "pid": int,
+            "error": str, "summary": str,
+        },
+        pk="id",
+        foreign_keys=[("frame_id", "frames", "id")],
+        not_null={"frame_id", "stage", "state"},
+    )
+    db["stage_runs"].create_index(["frame_id", "stage"])
+    db["alert_messages"].create(
+        {
+            "id": int, "topic": str, "partition": int, "offset": int, "received_at": float,
+            "raw": bytes, "alert_id": str, "state": str, "error": str,
+        },
+        pk="id",
+        not_null={"raw", "received_at", "state"},
+    )
+    db["alert_messages"].create_index(["topic", "partition", "offset"], unique=True)
+    db["alerts"].create(
+        {
+            "id": str, "ivorn": str, "event_id": str, "mission": str, "instrument": str,
+            "notice_type": str, "role": str, "time": str, "ra": float, "dec": float,
+            "error_radius_deg": float, "region": str, "skymap": str, "retraction": int,
+            "retracts": str, "actionable": int, "ignore_reason": str, "priority": int,
+            "state": str, "decision": str, "live_until": float, "received_at": float,
+            "message_id": int, "parsed": str,
+        },
+        pk="id",
+        not_null={"received_at"},
+    )
+    db["alerts"].create_index(["event_id"])
+    db["alerts"].create_index(["live_until"])
+    db["actions"].create(
+        {
+            "id": int, "alert_id": str, "name": str, "kind": str, "purpose": str, "state": str,
+            "attempts": int, "started_at": float, "finished_at": float, "exit_code": int,
+            "http_status": int, "output": str, "error": str, "request": str,
+        },
+        pk="id",
+        foreign_keys=[("alert_id", "alerts", "id")],
+        not_null={"alert_id", "name", "kind", "state"},
+    )
+    db["actions"].create_index(["alert_id", "name", "purpose"], unique=True)
+    db["events"].create(
+        {
+            "id": int, "time": float, "level": str, "kind": str, "frame_id": int,
+            "alert_id": str, "message": str, "data": str,
+        },
+        pk="id",
+        not_null={"time", "kind"},
+    )
+    db["events"].create_index(["frame_id"])
+    db["events"].create_index(["time"])
+
+
+#: Forward migrations, in order. Append; never edit a released one.
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class StoreError(Exception):
+    pass
+
+
+class Database:
+    """One connection to the state file, for one thread of one process."""
+
+    def __init__(self, path: str | Path, *, migrate: bool = True, readonly: bool = False):
+        self.path = Path(path)
+        if not readonly:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        elif not self.path.exists():
+            raise StoreError(f"no database at {self.path}")
+        uri = f"file:{self.path}?mode=ro" if readonly else f"file:{self.path}"
+        conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                               check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        if not readonly:
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.row_factory = sqlite3.Row
+        self.conn = conn
+        self.db = sqlite_utils.Database(conn)
+        self._lock = threading.RLock()
+        self._depth = 0
+        if migrate and not readonly:
+            self.migrate()
+
+    # -- transactions -------------------------------------------------------------------
+    @contextlib.contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction (BEGIN IMMEDIATE); nested calls join the outer one."""
+        with self._lock:
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield self.conn
+                finally:
+                    self._depth -= 1
+                return
+            self._begin_immediate()
+            self._depth = 1
+            try:
+                yield self.conn
+            except BaseException:
+                self._depth = 0
+                self.conn.execute("ROLLBACK")
+                raise
+            else:
+                self._depth = 0
+                self.conn.execute("COMMIT")
+
+    def _begin_immediate(self) -> None:
+        # busy_timeout covers most waits; a retry loop covers the rare SQLITE_BUSY on BEGIN
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        while True:
+            try:
+                self.conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) and "busy" not in str(e):
+                    raise
+                if time.monotonic() > deadline:
+                    raise StoreError(f"database {self.path} stayed locked for {BUSY_TIMEOUT_MS / 1000:.0f} s") from e
+                time.sleep(0.05)
+
+    def query(self, sql: str, params=()) -> list[dict]:
+        with self._lock:
+            return [dict(r) for r in self.conn.execute(sql, params).fetchall()]
+
+    def query_one(self, sql: str, params=()) -> dict | None:
+        with self._lock:
+            row = self.conn.execute(sql, params).fetchone()
+            return dict(row) if row is not None else None
+
+    # -- schema -------------------------------------------------------------------------
+    def schema_version(self) -> int:
+        if "meta" not in self.db.table_names():
+            return 0
+        row = self.query_one("SELECT value FROM meta WHERE key = 'schema_version'")
+        return int(row["value"]) if row else 0
+
+    def migrate(self) -> int:
+        """Apply every migration newer than the file's version; idempotent; returns the version."""
+        with self.write():
+            if "meta" not in self.db.table_names():
+                self.db["meta"].create({"key": str, "value": str}, pk="key")
+            current = self.schema_version()
+            if current > SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self.path} has schema version {current}, newer than this stdd knows "
+                    f"({SCHEMA_VERSION}); upgrade stdd"
+                )
+            for version in range(current + 1, SCHEMA_VERSION + 1):
+                MIGRATIONS[version - 1](self.db)
+                self.db["meta"].upsert({"key": "schema_version", "value": str(version)}, pk="key")
+        return self.schema_version()
+
+    def close(self) -> None:
+        with self._lock:
+            self.conn.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
