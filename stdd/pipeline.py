@@ -1,0 +1,232 @@
+"""The pipeline, declared as data, and the one function that runs it on a frame folder.
+
+Design note: as in LCO's BANZAI, the order of stages is a list, not code. Each entry names the
+stage, the function that runs it (imported lazily, so the daemon never imports astronomy
+code) and the products it owns, so a stage can clear its own and later stages' products
+before it runs. `run_chain` is what `stdd process`, a pool worker and a Dask worker all call.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import shutil
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+from .stages.base import StageError, StageResult, StageSettings
+
+RESULT_FILE = "result.json"
+ORIGINAL_PREFIX = "original"
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    name: str
+    function: str  # "module:callable"
+    description: str
+
+    def load(self) -> Callable[[Path, StageSettings], StageResult]:
+        module, func = self.function.split(":")
+        return getattr(importlib.import_module(module), func)
+
+
+PIPELINE: tuple[StageSpec, ...] = (
+    StageSpec("inspect", "stdd.stages.inspect:run",
+              "load, fix header, gain/saturation/filter, mask, WCS check, footprint"),
+    StageSpec("photometry", "stdd.stages.photometry:run",
+              "detection, astrometric refinement, zero point with colour term, limit, targets"),
+    StageSpec("transients", "stdd.stages.transients:run",
+              "simple transients: objects not in the catalogues"),
+    StageSpec("subtraction", "stdd.stages.subtraction:run",
+              "template, image subtraction, candidates"),
+)
+STAGE_NAMES: tuple[str, ...] = tuple(s.name for s in PIPELINE)
+
+
+def stage_spec(name: str) -> StageSpec:
+    for spec in PIPELINE:
+        if spec.name == name:
+            return spec
+    raise ValueError(f"unknown stage {name!r}; stages are {', '.join(STAGE_NAMES)}")
+
+
+def select_steps(steps: Iterable[str] | None) -> list[str]:
+    """Validate and order a requested set of steps (pipeline order wins)."""
+    if not steps:
+        return list(STAGE_NAMES)
+    wanted = set(steps)
+    for name in wanted:
+        stage_spec(name)
+    return [n for n in STAGE_NAMES if n in wanted]
+
+
+def prepare_folder(source: Path, folder: Path) -> Path:
+    """Copy a source file into a clean frame folder as `original.<ext>`; never touch the source."""
+    source = Path(source)
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    suffix = "".join(source.suffixes[-2:]) if source.suffix.lower() in (".gz", ".fz") else source.suffix
+    target = folder / f"{ORIGINAL_PREFIX}{suffix.lower() or '.fits'}"
+    shutil.copyfile(source, target)
+    return target
+
+
+StageCallback = Callable[[str, str, StageResult | None], None]
+
+
+def run_chain(folder: Path, settings: StageSettings, steps: Iterable[str] | None = None,
+              on_stage: StageCallback | None = None) -> dict:
+    """Run the selected stages in order in `folder`; a failed stage stops the chain.
+
+    `on_stage(name, "start"|"end", result)` is called around each stage (the pool uses it to
+    apply per-stage timeouts and to record stage runs). Returns the merged result (as written
+    to result.json in the folder).
+    """
+    folder = Path(folder)
+    names = select_steps(steps)
+    previous = _read_json(folder / RESULT_FILE) or {}
+    results: dict[str, StageResult] = {}
+    for name in names:
+        if on_stage:
+            on_stage(name, "start", None)
+        res = run_stage(name, folder, settings)
+        results[name] = res
+        if on_stage:
+            on_stage(name, "end", res)
+        if res.state == "failed":
+            break
+    merged = merge_results(previous, names, results)
+    write_json_atomic(folder / RESULT_FILE, merged)
+    return merged
+
+
+def run_stage(name: str, folder: Path, settings: StageSettings) -> StageResult:
+    """Run one stage, turning any exception into a failed result with a specific reason."""
+    spec = stage_spec(name)
+    t0 = time.monotonic()
+    try:
+        res = spec.load()(folder, settings)
+    except StageError as e:
+        res = StageResult(stage=name, state="failed", error=str(e))
+    except MemoryError:
+        res = StageResult(stage=name, state="failed", error=f"{name}: out of memory")
+    except Exception as e:  # a bug or an unexpected library error: keep the reason and the trace
+        _append_log(folder, name, traceback.format_exc())
+        res = StageResult(stage=name, state="failed", error=f"{name}: {type(e).__name__}: {e}")
+    res.seconds = round(time.monotonic() - t0, 3)
+    return res
+
+
+def merge_results(previous: dict, names: list[str], results: dict[str, StageResult]) -> dict:
+    """Build result.json: earlier stages' values kept, re-run and later stages replaced."""
+    first = STAGE_NAMES.index(names[0]) if names else len(STAGE_NAMES)
+    stages = {k: v for k, v in (previous.get("stages") or {}).items()
+              if k in STAGE_NAMES and STAGE_NAMES.index(k) < first}
+    merged = {k: v for k, v in previous.items() if k not in ("stages", "status", "error", "notes", "products")}
+    notes = [n for n in previous.get("notes", []) if n.split(":", 1)[0] in stages]
+    products = list(previous.get("products", []))
+    for name in names:
+        if name not in results:
+            stages[name] = {"state": "not run", "seconds": None, "error": None}
+            continue
+        r = results[name]
+        stages[name] = {"state": r.state, "seconds": r.seconds, "error": r.error}
+        merged.update(r.summary)
+        notes.extend(f"{name}: {n}" for n in r.notes)
+        products.extend(p for p in r.products if p not in products)
+    failed = [n for n in names if n in results and results[n].state == "failed"]
+    merged["status"] = "failed" if failed else "done"
+    merged["error"] = results[failed[0]].error if failed else None
+    merged["stages"] = stages
+    merged["notes"] = notes
+    merged["products"] = products
+    return merged
+
+
+def publish(folder: Path, result_dir: Path, extra: dict | None = None) -> Path:
+    """Copy result.json and the listed products to `result_dir`, atomically (temp dir, rename)."""
+    folder, result_dir = Path(folder), Path(result_dir)
+    result = _read_json(folder / RESULT_FILE) or {"status": "failed", "error": "no result was written"}
+    if extra:
+        result.update(extra)
+    result_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{result_dir.name}.", dir=result_dir.parent))
+    try:
+        for rel in result.get("products", []):
+            src = folder / rel
+            if src.is_file():
+                dst = tmp / rel
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, dst)
+        for log in folder.glob("*.log"):
+            shutil.copy2(log, tmp / log.name)
+        write_json_atomic(tmp / RESULT_FILE, result)
+        if result_dir.exists():
+            old = result_dir.with_name(f".{result_dir.name}.old-{os.getpid()}")
+            os.replace(result_dir, old)
+            os.replace(tmp, result_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, result_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return result_dir / RESULT_FILE
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(_finite(data), fh, indent=2, default=_json_default, allow_nan=False)
+            fh.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _finite(o):
+    """JSON has no NaN or infinity: an unknown number is written as null."""
+    if isinstance(o, float):
+        return o if o == o and o not in (float("inf"), float("-inf")) else None
+    if isinstance(o, dict):
+        return {k: _finite(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_finite(v) for v in o]
+    if hasattr(o, "item") and getattr(o, "ndim", 0) == 0 and not isinstance(o, (str, bytes)):
+        return _finite(o.item())
+    return o
+
+
+def _json_default(o):
+    if isinstance(o, Path):
+        return str(o)
+    if hasattr(o, "item"):
+        return o.item()
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    return str(o)
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(Path(path).read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _append_log(folder: Path, stage: str, text: str) -> None:
+    try:
+        with open(Path(folder) / f"{stage}.log", "a") as fh:
+            fh.write(text)
+    except OSError:
+        pass
