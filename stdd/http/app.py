@@ -1,0 +1,610 @@
+"""The local control endpoint: routes, errors, auth, and the service the daemon starts.
+
+Design note: the endpoint is a thin face on the daemon. It runs in the daemon's event loop,
+reads state through its own reader connections in a thread pool (`reads.ReadPool`), and asks
+the daemon to act (submit, cancel, retry, pause, resume, reload, handle a notice) through the
+methods the daemon exposes; it never changes the queue itself. Every answer is JSON except
+/metrics (Prometheus text), / (HTML) and served files. Errors are one shape,
+`{"error": "<message>", "status": <code>}`: 400 bad body or parameter, 401 missing or wrong
+token, 403 outside the allowed roots or the frame's folder, 404 unknown id, 409 a state that
+forbids the request. Anything unexpected is logged with its trace and answered 500 with its
+type, never with a Python traceback.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import inspect
+import json
+import logging
+import math
+import os
+import time
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from .. import __version__
+from ..pipeline import RESULT_FILE, STAGE_NAMES
+from ..store import STATES, TERMINAL, EventLog, FrameStore
+from ..store.stats import Stats
+from . import auth, files, openapi, page
+from .lag import LagMonitor
+from .metrics import CONTENT_TYPE, Metrics
+from .reads import ReadPool
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 8 * 1024 * 1024  # LVK notices with skymaps reach ~4 MiB
+MAX_LIMIT = 1000
+MAX_SQLITE_INT = 2**63 - 1
+HEARTBEAT_STALE_SECONDS = 120.0
+
+KEY_DAEMON = web.AppKey("daemon", object)
+KEY_READS = web.AppKey("reads", ReadPool)
+KEY_TOKEN = web.AppKey("token", str)
+KEY_METRICS = web.AppKey("metrics", Metrics)
+KEY_LAG = web.AppKey("lag", LagMonitor)
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, message: str, **extra: Any):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.extra = extra
+
+
+# -- JSON ---------------------------------------------------------------------------------
+def _clean(o: Any) -> Any:
+    """JSON has no NaN or infinity, and no Paths or bytes: make them null / text."""
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if isinstance(o, dict):
+        return {str(k): _clean(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_clean(v) for v in o]
+    if isinstance(o, Path):
+        return str(o)
+    if isinstance(o, bytes):
+        return o.decode("utf-8", errors="replace")
+    if hasattr(o, "model_dump"):
+        return _clean(o.model_dump(mode="json"))
+    if hasattr(o, "item") and not isinstance(o, (str, bytes)):
+        try:
+            return _clean(o.item())
+        except (TypeError, ValueError):
+            pass
+    return o
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    body = json.dumps(_clean(data), default=str, allow_nan=False)
+    return web.Response(text=body, status=status, content_type="application/json")
+
+
+def error_response(status: int, message: str, **extra: Any) -> web.Response:
+    return json_response({"error": message, "status": status, **extra}, status=status)
+
+
+# -- the daemon, as the endpoint sees it --------------------------------------------------
+async def call(fn, *args, **kwargs):
+    """Call a daemon method, awaiting it when it is a coroutine function."""
+    result = fn(*args, **kwargs)
+    if inspect.isawaitable(result):
+        result = await result
+    return result
+
+
+def database_path(daemon) -> Path:
+    store = getattr(daemon, "store", None)
+    db = getattr(store, "db", None)
+    if db is not None and getattr(db, "path", None):
+        return Path(db.path)
+    return Path(daemon.settings.paths.database)
+
+
+def snapshot(daemon) -> dict[str, Any]:
+    """The daemon's in-memory state, taken on the loop (cheap attribute reads only)."""
+    started = getattr(daemon, "started_at", None)
+    status = daemon.pool_status() if hasattr(daemon, "pool_status") else {}
+    workers = list(status.get("workers", [])) if isinstance(status, dict) else list(status)
+    return {
+        "version": __version__,
+        "started_at": started,
+        "uptime_seconds": (time.time() - started) if started else None,
+        "paused": bool(getattr(daemon, "paused", False)),
+        "workers": workers,
+        "pool": {k: v for k, v in status.items() if k != "workers"} if isinstance(status, dict) else {},
+    }
+
+
+# -- checks -------------------------------------------------------------------------------
+async def health_checks(request: web.Request) -> dict[str, dict]:
+    daemon = request.app[KEY_DAEMON]
+    reads = request.app[KEY_READS]
+    checks: dict[str, dict] = {}
+    t0 = time.monotonic()
+    try:
+        version = await asyncio.wait_for(reads.query(lambda db: Stats(db).ping()), timeout=5.0)
+        checks["database"] = {"ok": True, "schema_version": version,
+                              "ms": round((time.monotonic() - t0) * 1000, 2)}
+    except Exception as e:  # noqa: BLE001 — any failure to read is "database down"
+        checks["database"] = {"ok": False, "error": f"{type(e).__name__}: {e}"}
+    snap = snapshot(daemon)
+    workers = snap["workers"]
+    dead = [w.get("name") for w in workers if not w.get("alive", True)]
+    expected = snap["pool"].get("size", len(workers))
+    checks["workers"] = {"ok": not dead and len(workers) >= (expected or 0) and bool(workers),
+                         "alive": len(workers) - len(dead), "expected": expected, "dead": dead}
+    watcher = getattr(daemon, "watcher_alive", None)
+    if callable(watcher):
+        alive = watcher()
+        checks["watcher"] = {"ok": bool(alive), "alive": bool(alive)}
+    stream = getattr(daemon, "alert_stream_status", None)
+    if callable(stream):
+        s = stream() or {}
+        if s.get("enabled", True):
+            beat = s.get("last_heartbeat")
+            age = (time.time() - beat) if beat else None
+            ok = bool(s.get("connected")) and (age is None or age < HEARTBEAT_STALE_SECONDS
+                                                or not s.get("heartbeat_expected", True))
+            checks["alert_stream"] = {"ok": ok, "connected": bool(s.get("connected")),
+                                      "last_heartbeat": beat, "heartbeat_age_seconds": age,
+                                      **{k: v for k, v in s.items() if k not in ("connected", "last_heartbeat")}}
+        else:
+            checks["alert_stream"] = {"ok": True, "enabled": False}
+    checks["event_loop"] = {"ok": True, "lag_last_seconds": request.app[KEY_LAG].last,
+                            "lag_max_1m_seconds": request.app[KEY_LAG].max_recent(60)}
+    return checks
+
+
+# -- parameters ---------------------------------------------------------------------------
+def _int_param(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise HttpError(400, f"{name} must be an integer, got {raw!r}") from None
+    if not lo <= value <= hi:
+        raise HttpError(400, f"{name} must be between {lo} and {hi}, got {value}")
+    return value
+
+
+def _since_param(request: web.Request) -> float | None:
+    raw = request.query.get("since")
+    if raw is None or raw == "":
+        return None
+    try:
+        value = float(raw)
+        if not math.isfinite(value):
+            raise ValueError
+        return value
+    except ValueError:
+        pass
+    try:
+        when = dt.datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise HttpError(400, f"since must be Unix seconds or an ISO 8601 time, got {raw!r}") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.timezone.utc)
+    return when.timestamp()
+
+
+def _frame_id(request: web.Request) -> int:
+    raw = request.match_info["id"]
+    try:
+        value = int(raw)
+    except ValueError:
+        raise HttpError(404, f"no frame {raw!r}") from None
+    if not 0 < value <= MAX_SQLITE_INT:
+        raise HttpError(404, f"no frame {raw}")
+    return value
+
+
+async def _json_body(request: web.Request, *, optional: bool = False) -> dict:
+    raw = await request.read()
+    if not raw.strip():
+        if optional:
+            return {}
+        raise HttpError(400, "the request needs a JSON object body")
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise HttpError(400, f"the body is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise HttpError(400, f"the body must be a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _only_keys(data: dict, allowed: set[str]) -> None:
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise HttpError(400, f"unknown key(s) in the body: {', '.join(unknown)}; "
+                             f"allowed: {', '.join(sorted(allowed)) or 'none'}")
+
+
+# -- reads --------------------------------------------------------------------------------
+def _folders(frame: dict) -> list[str]:
+    return [d for d in (frame.get("result_dir"), frame.get("work_dir")) if d]
+
+
+def _read_result(frame: dict) -> dict | None:
+    for folder in _folders(frame):
+        try:
+            return json.loads((Path(folder) / RESULT_FILE).read_text())
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def _frame_detail(reads: ReadPool, frame_id: int, log_lines: int, event_limit: int) -> dict | None:
+    db = reads.db()
+    frames = FrameStore(db)
+    frame = frames.get(frame_id)
+    if frame is None:
+        return None
+    out: dict[str, Any] = {"frame": frame, "stage_runs": frames.stage_runs(frame_id)}
+    out["result"] = _read_result(frame)
+    logs: dict[str, list[str]] = {}
+    listing: list[dict] = []
+    seen: set[str] = set()
+    for folder in _folders(frame):
+        base = Path(folder)
+        if not base.is_dir():
+            continue
+        for path in sorted(base.rglob("*")):
+            rel = path.relative_to(base).as_posix()
+            if rel in seen or not path.is_file() or path.is_symlink() or rel.startswith("."):
+                continue
+            seen.add(rel)
+            listing.append({"name": rel, "size": path.stat().st_size,
+                            "url": f"/frames/{frame_id}/files/{urllib.parse.quote(rel)}"})
+            if path.suffix == ".log" and "/" not in rel:
+                with contextlib.suppress(OSError):
+                    logs[rel] = files.tail(path, log_lines)
+    out["files"] = listing
+    out["logs"] = logs
+    out["events"] = EventLog(db).recent(limit=event_limit, frame_id=frame_id)
+    return out
+
+
+def _frame_list(reads: ReadPool, state, since, alert, limit, offset) -> dict:
+    db = reads.db()
+    rows = FrameStore(db).list(state=state, since=since, limit=limit, offset=offset, alert_id=alert)
+    total = Stats(db).frames_total(state=state, since=since, alert_id=alert)
+    nxt = offset + len(rows) if offset + len(rows) < total else None
+    return {"frames": rows, "total": total, "limit": limit, "offset": offset, "next_offset": nxt}
+
+
+def _get_frame(reads: ReadPool, frame_id: int) -> dict | None:
+    return FrameStore(reads.db()).get(frame_id)
+
+
+def _counts(reads: ReadPool) -> dict:
+    db = reads.db()
+    counts = FrameStore(db).counts()
+    return {"frames": counts, "queue_due": Stats(db).queue_due(time.time())}
+
+
+# -- handlers -----------------------------------------------------------------------------
+async def get_health(request: web.Request) -> web.Response:
+    checks = await health_checks(request)
+    ok = all(c.get("ok") for c in checks.values())
+    request.app[KEY_METRICS].check.clear()
+    for name, c in checks.items():
+        request.app[KEY_METRICS].check.labels(name).set(1 if c.get("ok") else 0)
+    return json_response({"ok": ok, "checks": checks, "version": __version__}, status=200 if ok else 503)
+
+
+async def get_status(request: web.Request) -> web.Response:
+    daemon = request.app[KEY_DAEMON]
+    counts = await request.app[KEY_READS].run(_counts, request.app[KEY_READS])
+    snap = snapshot(daemon)
+    lag = request.app[KEY_LAG]
+    return json_response({
+        "version": snap["version"],
+        "started_at": snap["started_at"],
+        "uptime_seconds": snap["uptime_seconds"],
+        "paused": snap["paused"],
+        "frames": counts["frames"],
+        "queue": {"depth": counts["frames"].get("queued", 0), "due": counts["queue_due"]},
+        "workers": snap["workers"],
+        "pool": snap["pool"],
+        "event_loop": {"lag_last_seconds": lag.last, "lag_max_1m_seconds": lag.max_recent(60)},
+    })
+
+
+async def get_frames(request: web.Request) -> web.Response:
+    state = request.query.get("state") or None
+    if state is not None and state not in STATES:
+        raise HttpError(400, f"state must be one of {', '.join(STATES)}, got {state!r}")
+    since = _since_param(request)
+    alert = request.query.get("alert") or None
+    limit = _int_param(request, "limit", 100, 1, MAX_LIMIT)
+    offset = _int_param(request, "offset", 0, 0, MAX_SQLITE_INT)
+    reads = request.app[KEY_READS]
+    return json_response(await reads.run(_frame_list, reads, state, since, alert, limit, offset))
+
+
+async def get_frame(request: web.Request) -> web.Response:
+    frame_id = _frame_id(request)
+    log_lines = _int_param(request, "log_lines", 50, 0, 5000)
+    reads = request.app[KEY_READS]
+    detail = await reads.run(_frame_detail, reads, frame_id, log_lines, 100)
+    if detail is None:
+        raise HttpError(404, f"no frame {frame_id}")
+    return json_response(detail)
+
+
+async def get_frame_file(request: web.Request) -> web.StreamResponse:
+    frame_id = _frame_id(request)
+    name = request.match_info["name"]
+    reads = request.app[KEY_READS]
+    frame = await reads.run(_get_frame, reads, frame_id)
+    if frame is None:
+        raise HttpError(404, f"no frame {frame_id}")
+    try:
+        path = await reads.run(files.find_frame_file, _folders(frame), name)
+    except files.FileRefused as e:
+        raise HttpError(e.status, f"{e} (frame {frame_id}, {name!r})") from None
+    return web.FileResponse(path, headers={"X-Content-Type-Options": "nosniff",
+                                           "Content-Security-Policy": "sandbox"})
+
+
+async def post_frames(request: web.Request) -> web.Response:
+    data = await _json_body(request)
+    _only_keys(data, {"path", "priority"})
+    path = data.get("path")
+    if not isinstance(path, str) or not path.strip():
+        raise HttpError(400, "'path' must be a non-empty string")
+    if "\x00" in path:
+        raise HttpError(400, "'path' has a NUL character")
+    priority = data.get("priority", 0)
+    if isinstance(priority, bool) or not isinstance(priority, int) or abs(priority) > 1_000_000:
+        raise HttpError(400, "'priority' must be an integer between -1000000 and 1000000")
+    daemon = request.app[KEY_DAEMON]
+    roots = [Path(r) for r in daemon.settings.paths.incoming]
+    target = await asyncio.to_thread(_allowed_path, path, roots)
+    kwargs = {"priority": priority} if priority else {}
+    frame, created = await call(daemon.submit, target, **kwargs)
+    return json_response({"frame": frame, "created": bool(created)}, status=201 if created else 200)
+
+
+def _allowed_path(path: str, roots: list[Path]) -> Path:
+    """The real path of a submitted file, if it is a file under one of the roots."""
+    p = Path(path)
+    if not p.is_absolute():
+        raise HttpError(400, f"'path' must be absolute, got {path!r}")
+    real = Path(os.path.realpath(p))
+    real_roots = [Path(os.path.realpath(r)) for r in roots]
+    if not any(real.is_relative_to(r) and real != r for r in real_roots):
+        raise HttpError(403, f"{path} is not under an allowed root ({', '.join(str(r) for r in roots)})")
+    if not real.is_file():
+        raise HttpError(404, f"no such file: {path}")
+    return real
+
+
+async def post_cancel(request: web.Request) -> web.Response:
+    frame_id = _frame_id(request)
+    await _json_body(request, optional=True)
+    reads = request.app[KEY_READS]
+    frame = await reads.run(_get_frame, reads, frame_id)
+    if frame is None:
+        raise HttpError(404, f"no frame {frame_id}")
+    if frame["state"] in TERMINAL:
+        raise HttpError(409, f"frame {frame_id} is already {frame['state']}", state=frame["state"])
+    result = await call(request.app[KEY_DAEMON].cancel, frame_id)
+    frame = await reads.run(_get_frame, reads, frame_id)
+    return json_response({"frame": frame, "result": result if isinstance(result, dict) else None})
+
+
+async def post_retry(request: web.Request) -> web.Response:
+    frame_id = _frame_id(request)
+    data = await _json_body(request, optional=True)
+    _only_keys(data, {"from_stage"})
+    from_stage = data.get("from_stage")
+    if from_stage is not None and (not isinstance(from_stage, str) or from_stage not in STAGE_NAMES):
+        raise HttpError(400, f"from_stage must be one of {', '.join(STAGE_NAMES)}, got {from_stage!r}")
+    reads = request.app[KEY_READS]
+    frame = await reads.run(_get_frame, reads, frame_id)
+    if frame is None:
+        raise HttpError(404, f"no frame {frame_id}")
+    if frame["state"] not in TERMINAL:
+        raise HttpError(409, f"frame {frame_id} is {frame['state']}; only a finished frame can be retried",
+                        state=frame["state"])
+    await call(request.app[KEY_DAEMON].retry, frame_id, from_stage)
+    frame = await reads.run(_get_frame, reads, frame_id)
+    return json_response({"frame": frame})
+
+
+async def post_pause(request: web.Request) -> web.Response:
+    await _json_body(request, optional=True)
+    daemon = request.app[KEY_DAEMON]
+    await call(daemon.pause)
+    return json_response({"paused": bool(getattr(daemon, "paused", True))})
+
+
+async def post_resume(request: web.Request) -> web.Response:
+    await _json_body(request, optional=True)
+    daemon = request.app[KEY_DAEMON]
+    await call(daemon.resume)
+    return json_response({"paused": bool(getattr(daemon, "paused", False))})
+
+
+async def post_reload(request: web.Request) -> web.Response:
+    await _json_body(request, optional=True)
+    result = await call(request.app[KEY_DAEMON].reload)
+    return json_response({"reloaded": True, **(result if isinstance(result, dict) else {})})
+
+
+async def get_metrics(request: web.Request) -> web.Response:
+    metrics, lag = request.app[KEY_METRICS], request.app[KEY_LAG]
+    metrics.update_from(snapshot(request.app[KEY_DAEMON]), lag)
+    body = await request.app[KEY_READS].run(metrics.render)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
+async def get_openapi(request: web.Request) -> web.Response:
+    return json_response(openapi.document(__version__))
+
+
+async def get_page(request: web.Request) -> web.Response:
+    reads = request.app[KEY_READS]
+    daemon = request.app[KEY_DAEMON]
+    data = await reads.run(page.gather, reads.db, limit=20)
+    data["snapshot"] = snapshot(daemon)
+    return web.Response(text=page.render(data), content_type="text/html", charset="utf-8")
+
+
+# -- middleware ---------------------------------------------------------------------------
+def _local_peer(request: web.Request) -> bool:
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    if isinstance(peer, (tuple, list)) and peer:
+        return auth.is_loopback(str(peer[0]))
+    return True  # a unix socket: only local users can connect (its mode is 600)
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler):
+    metrics: Metrics = request.app[KEY_METRICS]
+    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+    t0 = time.monotonic()
+    status = 500
+    try:
+        if request.method not in ("GET", "HEAD", "OPTIONS") or not (
+                request.app["open_reads"] and _local_peer(request)):
+            token = request.app[KEY_TOKEN]
+            if not auth.token_matches(auth.bearer(request.headers.get("Authorization")), token):
+                status = 401
+                resp = error_response(401, "this request needs 'Authorization: Bearer <token>' "
+                                           "(the token is in the daemon's http.token_file)")
+                resp.headers["WWW-Authenticate"] = 'Bearer realm="stdd"'
+                return resp
+        resp = await handler(request)
+        status = resp.status
+        return resp
+    except HttpError as e:
+        status = e.status
+        return error_response(e.status, e.message, **e.extra)
+    except web.HTTPException as e:
+        status = e.status
+        if e.status < 400:
+            raise
+        return error_response(e.status, e.reason if e.text is None or e.text.startswith(f"{e.status}:")
+                              else e.text, **({"allowed": sorted(e.allowed_methods)}
+                                             if isinstance(e, web.HTTPMethodNotAllowed) else {}))
+    except (ConnectionResetError, asyncio.CancelledError):
+        raise
+    except LookupError as e:  # a daemon method reporting an unknown id
+        status = 404
+        return error_response(404, str(e).strip("'\""))
+    except PermissionError as e:
+        status = 403
+        return error_response(403, str(e))
+    except ValueError as e:  # a daemon method refusing a request it cannot carry out
+        status = 409
+        return error_response(409, str(e))
+    except Exception as e:
+        log.exception("HTTP %s %s failed", request.method, request.path)
+        status = 500
+        return error_response(500, f"internal error: {type(e).__name__}: {e}")
+    finally:
+        metrics.requests.labels(request.method, route, str(status)).inc()
+        metrics.request_seconds.labels(route).observe(time.monotonic() - t0)
+
+
+# -- the app ------------------------------------------------------------------------------
+def create_app(daemon, *, token: str | None = None) -> web.Application:
+    """The endpoint for `daemon`. `token` defaults to the env var / token file (made if missing)."""
+    http = daemon.settings.http
+    app = web.Application(middlewares=[errors_middleware], client_max_size=MAX_BODY)
+    reads = ReadPool(database_path(daemon))
+    lag = LagMonitor()
+    metrics = Metrics(reads.db)
+    lag.observe(metrics.lag.observe)
+    app[KEY_DAEMON] = daemon
+    app[KEY_READS] = reads
+    app[KEY_TOKEN] = token or auth.ensure_token(http)
+    app[KEY_METRICS] = metrics
+    app[KEY_LAG] = lag
+    app["open_reads"] = http.open_reads
+
+    async def on_startup(app: web.Application) -> None:
+        lag.start()
+
+    async def on_cleanup(app: web.Application) -> None:
+        await lag.stop()
+        await asyncio.to_thread(reads.close)
+
+    app.on_startup.append(on_startup)
+    app.on_cleanup.append(on_cleanup)
+    r = app.router
+    r.add_get("/", get_page)
+    r.add_get("/health", get_health)
+    r.add_get("/status", get_status)
+    r.add_get("/metrics", get_metrics)
+    r.add_get("/openapi.json", get_openapi)
+    r.add_get("/frames", get_frames)
+    r.add_post("/frames", post_frames)
+    r.add_get(r"/frames/{id}", get_frame)
+    r.add_get(r"/frames/{id}/files/{name:.+}", get_frame_file)
+    r.add_post(r"/frames/{id}/cancel", post_cancel)
+    r.add_post(r"/frames/{id}/retry", post_retry)
+    r.add_post("/pause", post_pause)
+    r.add_post("/resume", post_resume)
+    r.add_post("/reload", post_reload)
+    from . import alerts_routes
+    alerts_routes.add_routes(app)
+    return app
+
+
+class HttpService:
+    """The endpoint as a service of the daemon: `await start()`, `await stop()`, `url`."""
+
+    def __init__(self, daemon, *, token: str | None = None):
+        self.daemon = daemon
+        self.settings = daemon.settings.http
+        self.app = create_app(daemon, token=token)
+        self.runner: web.AppRunner | None = None
+        self.url: str | None = None
+
+    @property
+    def token(self) -> str:
+        return self.app[KEY_TOKEN]
+
+    @property
+    def lag(self) -> LagMonitor:
+        return self.app[KEY_LAG]
+
+    async def start(self) -> str:
+        self.runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        await self.runner.setup()
+        sock = self.settings.unix_socket
+        if sock:
+            sock = Path(sock)
+            sock.parent.mkdir(parents=True, exist_ok=True)
+            if sock.is_socket():
+                sock.unlink()  # left by a previous run (a live daemon holds the lock first)
+            site: web.BaseSite = web.UnixSite(self.runner, str(sock))
+            await site.start()
+            os.chmod(sock, 0o600)
+            self.url = f"unix:{sock}"
+        else:
+            site = web.TCPSite(self.runner, self.settings.host, self.settings.port, reuse_address=True)
+            await site.start()
+            port = site._server.sockets[0].getsockname()[1] if site._server else self.settings.port
+            host = self.settings.host
+            self.url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+        log.info("HTTP endpoint at %s", self.url)
+        return self.url
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+            self.runner = None

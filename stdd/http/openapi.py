@@ -1,0 +1,297 @@
+"""The OpenAPI 3 document of every route, written by hand (served at /openapi.json).
+
+Design note: written out rather than generated from the handlers, so it says what a client may
+rely on (and what the schemathesis test holds the server to) instead of echoing the code.
+Rows from the database are open objects (`additionalProperties: true`) with their well-known
+keys typed; every error is the `Error` shape.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from ..pipeline import STAGE_NAMES
+from ..store import STATES
+
+
+def _ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict, description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _err(description: str) -> dict:
+    return _json(_ref("Error"), description)
+
+
+NUM = {"type": "number", "nullable": True}
+INT = {"type": "integer", "nullable": True}
+STR = {"type": "string", "nullable": True}
+ANY_OBJ = {"type": "object", "additionalProperties": True}
+
+FRAME_ID = {"name": "id", "in": "path", "required": True, "description": "frame id",
+            "schema": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}}
+ALERT_ID = {"name": "id", "in": "path", "required": True, "description": "alert id",
+            "schema": {"type": "string", "minLength": 1, "maxLength": 400}}
+LIMIT = {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}}
+OFFSET = {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0, "default": 0}}
+
+AUTH = [{"bearer": []}]
+OPEN = [{}, {"bearer": []}]  # open on loopback unless http.open_reads = false
+
+COMMON_ERRORS = {"401": _err("missing or wrong bearer token")}
+WRITE_ERRORS = {"400": _err("a bad body"), "401": _err("missing or wrong bearer token")}
+
+
+def document(version: str) -> dict[str, Any]:
+    schemas = {
+        "Error": {
+            "type": "object", "required": ["error", "status"],
+            "properties": {"error": {"type": "string"}, "status": {"type": "integer"}},
+            "additionalProperties": True,
+        },
+        "Frame": {
+            "type": "object", "required": ["id", "path", "sha256", "state"], "additionalProperties": True,
+            "properties": {
+                "id": {"type": "integer"}, "path": {"type": "string"}, "name": STR,
+                "sha256": {"type": "string"}, "size": INT, "version": INT,
+                "state": {"type": "string", "enum": list(STATES)}, "stage": STR, "priority": INT,
+                "attempts": INT, "error": STR, "work_dir": STR, "result_dir": STR, "worker": STR,
+                "filter": STR, "zp": NUM, "zp_err": NUM, "fwhm_arcsec": NUM, "mag_limit": NUM,
+                "n_candidates": INT, "created_at": NUM, "queued_at": NUM, "started_at": NUM,
+                "finished_at": NUM, "updated_at": NUM,
+            },
+        },
+        "FrameList": {
+            "type": "object", "required": ["frames", "total", "limit", "offset", "next_offset"],
+            "properties": {
+                "frames": {"type": "array", "items": _ref("Frame")}, "total": {"type": "integer"},
+                "limit": {"type": "integer"}, "offset": {"type": "integer"},
+                "next_offset": {"type": "integer", "nullable": True},
+            },
+        },
+        "FrameDetail": {
+            "type": "object", "required": ["frame", "stage_runs", "result", "files", "logs", "events"],
+            "properties": {
+                "frame": _ref("Frame"),
+                "stage_runs": {"type": "array", "items": {
+                    "type": "object", "additionalProperties": True,
+                    "properties": {"stage": {"type": "string"}, "state": {"type": "string"},
+                                   "attempt": INT, "seconds": NUM, "error": STR}}},
+                "result": {"type": "object", "nullable": True, "additionalProperties": True,
+                           "description": "the frame's result.json"},
+                "files": {"type": "array", "items": {
+                    "type": "object", "required": ["name", "size", "url"],
+                    "properties": {"name": {"type": "string"}, "size": {"type": "integer"},
+                                   "url": {"type": "string"}}}},
+                "logs": {"type": "object", "additionalProperties": {"type": "array", "items": {"type": "string"}},
+                         "description": "the last lines of each stage log"},
+                "events": {"type": "array", "items": ANY_OBJ},
+            },
+        },
+        "FrameAction": {
+            "type": "object", "required": ["frame"], "additionalProperties": True,
+            "properties": {"frame": _ref("Frame")},
+        },
+        "Submitted": {
+            "type": "object", "required": ["frame", "created"],
+            "properties": {"frame": _ref("Frame"), "created": {"type": "boolean"}},
+        },
+        "Worker": {
+            "type": "object", "additionalProperties": True,
+            "properties": {"name": {"type": "string"}, "pid": INT, "alive": {"type": "boolean"},
+                           "frame_id": INT, "stage": STR, "since": NUM},
+        },
+        "Status": {
+            "type": "object",
+            "required": ["version", "uptime_seconds", "paused", "frames", "queue", "workers"],
+            "additionalProperties": True,
+            "properties": {
+                "version": {"type": "string"}, "started_at": NUM, "uptime_seconds": NUM,
+                "paused": {"type": "boolean"},
+                "frames": {"type": "object", "additionalProperties": {"type": "integer"},
+                           "description": "frames per state"},
+                "queue": {"type": "object", "properties": {"depth": {"type": "integer"},
+                                                           "due": {"type": "integer"}}},
+                "workers": {"type": "array", "items": _ref("Worker")},
+                "pool": ANY_OBJ,
+                "event_loop": ANY_OBJ,
+            },
+        },
+        "Health": {
+            "type": "object", "required": ["ok", "checks"],
+            "properties": {
+                "ok": {"type": "boolean"}, "version": {"type": "string"},
+                "checks": {"type": "object", "additionalProperties": {
+                    "type": "object", "required": ["ok"], "additionalProperties": True,
+                    "properties": {"ok": {"type": "boolean"}}}},
+            },
+        },
+        "Paused": {"type": "object", "required": ["paused"], "properties": {"paused": {"type": "boolean"}}},
+        "Reloaded": {"type": "object", "required": ["reloaded"], "additionalProperties": True,
+                     "properties": {"reloaded": {"type": "boolean"}}},
+        "Alert": {
+            "type": "object", "required": ["id"], "additionalProperties": True,
+            "properties": {
+                "id": {"type": "string"}, "ivorn": STR, "event_id": STR, "mission": STR,
+                "instrument": STR, "notice_type": STR, "role": STR, "time": STR, "ra": NUM, "dec": NUM,
+                "error_radius_deg": NUM, "retraction": {"nullable": True}, "actionable": {"nullable": True},
+                "ignore_reason": STR, "priority": INT, "state": STR, "live_until": NUM, "received_at": NUM,
+            },
+        },
+        "AlertList": {
+            "type": "object", "required": ["alerts", "total", "limit", "offset", "next_offset"],
+            "properties": {
+                "alerts": {"type": "array", "items": _ref("Alert")}, "total": {"type": "integer"},
+                "limit": {"type": "integer"}, "offset": {"type": "integer"},
+                "next_offset": {"type": "integer", "nullable": True},
+            },
+        },
+        "AlertDetail": {
+            "type": "object", "required": ["alert", "region", "actions", "frames", "candidates"],
+            "properties": {
+                "alert": _ref("Alert"),
+                "region": {"type": "object", "nullable": True, "additionalProperties": True},
+                "actions": {"type": "array", "items": ANY_OBJ},
+                "frames": {"type": "array", "items": _ref("Frame")},
+                "candidates": {"type": "array", "items": ANY_OBJ},
+            },
+        },
+        "AlertHandled": {
+            "type": "object", "required": ["alert", "created"], "additionalProperties": True,
+            "properties": {"alert": {"allOf": [_ref("Alert")], "nullable": True},
+                           "created": {"type": "boolean"}},
+        },
+    }
+    paths = {
+        "/": {"get": {
+            "summary": "The HTML status page: queue, workers, recent frames, live alerts",
+            "security": OPEN, "tags": ["page"],
+            "responses": {"200": {"description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}},
+                          **COMMON_ERRORS}}},
+        "/health": {"get": {
+            "summary": "Checks: database, workers, watcher, alert stream, event loop",
+            "security": OPEN, "tags": ["status"],
+            "responses": {"200": _json(_ref("Health"), "all checks pass"),
+                          "503": _json(_ref("Health"), "a check fails"), **COMMON_ERRORS}}},
+        "/status": {"get": {
+            "summary": "Frames per state, queue, workers and what each runs, uptime, version, paused",
+            "security": OPEN, "tags": ["status"],
+            "responses": {"200": _json(_ref("Status"), "the daemon's status"), **COMMON_ERRORS}}},
+        "/metrics": {"get": {
+            "summary": "Prometheus metrics (names prefixed stdd_)",
+            "security": OPEN, "tags": ["status"],
+            "responses": {"200": {"description": "Prometheus text format",
+                                  "content": {"text/plain": {"schema": {"type": "string"}}}},
+                          **COMMON_ERRORS}}},
+        "/openapi.json": {"get": {
+            "summary": "This document", "security": OPEN, "tags": ["status"],
+            "responses": {"200": _json(ANY_OBJ, "OpenAPI 3 document"), **COMMON_ERRORS}}},
+        "/frames": {
+            "get": {
+                "summary": "Frames, newest first, with filters and paging",
+                "security": OPEN, "tags": ["frames"],
+                "parameters": [
+                    {"name": "state", "in": "query", "schema": {"type": "string", "enum": list(STATES)}},
+                    {"name": "since", "in": "query", "description": "Unix seconds or ISO 8601 time (updated since)",
+                     "schema": {"type": "string"}},
+                    {"name": "alert", "in": "query", "description": "frames linked to this alert id",
+                     "schema": {"type": "string"}},
+                    LIMIT, OFFSET,
+                ],
+                "responses": {"200": _json(_ref("FrameList"), "a page of frames"),
+                              "400": _err("a bad filter or paging value"), **COMMON_ERRORS}},
+            "post": {
+                "summary": "Queue a file that lies under one of the configured incoming roots",
+                "security": AUTH, "tags": ["frames"],
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["path"], "additionalProperties": False,
+                    "properties": {"path": {"type": "string", "description": "absolute path of a FITS file"},
+                                   "priority": {"type": "integer", "minimum": -1000000, "maximum": 1000000}}}}}},
+                "responses": {"201": _json(_ref("Submitted"), "queued"),
+                              "200": _json(_ref("Submitted"), "the same content was already known"),
+                              "403": _err("the path is outside the allowed roots"),
+                              "404": _err("no such file"), **WRITE_ERRORS}},
+        },
+        "/frames/{id}": {"get": {
+            "summary": "One frame: its row, stage runs, result.json, files, log tails, events",
+            "security": OPEN, "tags": ["frames"],
+            "parameters": [FRAME_ID, {"name": "log_lines", "in": "query",
+                                      "schema": {"type": "integer", "minimum": 0, "maximum": 5000, "default": 50}}],
+            "responses": {"200": _json(_ref("FrameDetail"), "the frame"), "400": _err("a bad parameter"),
+                          "404": _err("no such frame"), **COMMON_ERRORS}}},
+        "/frames/{id}/files/{name}": {"get": {
+            "summary": "A file from the frame's folder (never one outside it)",
+            "security": OPEN, "tags": ["frames"],
+            "parameters": [FRAME_ID, {"name": "name", "in": "path", "required": True,
+                                      "description": "path relative to the frame's folder",
+                                      "schema": {"type": "string", "minLength": 1}}],
+            "responses": {"200": {"description": "the file",
+                                  "content": {"application/octet-stream": {"schema": {"type": "string",
+                                                                                      "format": "binary"}}}},
+                          "403": _err("the name points outside the frame's folder"),
+                          "404": _err("no such frame or file"), **COMMON_ERRORS}}},
+        "/frames/{id}/cancel": {"post": {
+            "summary": "Cancel a queued or running frame", "security": AUTH, "tags": ["frames"],
+            "parameters": [FRAME_ID],
+            "responses": {"200": _json(_ref("FrameAction"), "cancelled"), "404": _err("no such frame"),
+                          "409": _err("the frame is already finished"), **WRITE_ERRORS}}},
+        "/frames/{id}/retry": {"post": {
+            "summary": "Queue a finished frame again, from the first stage or from `from_stage`",
+            "security": AUTH, "tags": ["frames"], "parameters": [FRAME_ID],
+            "requestBody": {"required": False, "content": {"application/json": {"schema": {
+                "type": "object", "additionalProperties": False,
+                "properties": {"from_stage": {"type": "string", "enum": list(STAGE_NAMES)}}}}}},
+            "responses": {"200": _json(_ref("FrameAction"), "queued again"), "404": _err("no such frame"),
+                          "409": _err("the frame is queued or running"), **WRITE_ERRORS}}},
+        "/pause": {"post": {
+            "summary": "Stop taking new frames (running ones finish)", "security": AUTH, "tags": ["control"],
+            "responses": {"200": _json(_ref("Paused"), "paused"), **WRITE_ERRORS}}},
+        "/resume": {"post": {
+            "summary": "Take new frames again", "security": AUTH, "tags": ["control"],
+            "responses": {"200": _json(_ref("Paused"), "resumed"), **WRITE_ERRORS}}},
+        "/reload": {"post": {
+            "summary": "Re-read the config file; the running settings stay if it has errors",
+            "security": AUTH, "tags": ["control"],
+            "responses": {"200": _json(_ref("Reloaded"), "reloaded"),
+                          "409": _err("the config file has errors; nothing changed"), **WRITE_ERRORS}}},
+        "/alerts": {
+            "get": {
+                "summary": "Alerts, newest first", "security": OPEN, "tags": ["alerts"],
+                "parameters": [{"name": "live", "in": "query", "description": "only alerts live now",
+                                "schema": {"type": "boolean"}}, LIMIT, OFFSET],
+                "responses": {"200": _json(_ref("AlertList"), "a page of alerts"),
+                              "400": _err("a bad parameter"), **COMMON_ERRORS}},
+            "post": {
+                "summary": "Handle a notice (GCN JSON or VOEvent XML) as if it came from Kafka",
+                "security": AUTH, "tags": ["alerts"],
+                "parameters": [{"name": "topic", "in": "query", "description": "the Kafka topic it would have come on",
+                                "schema": {"type": "string"}}],
+                "requestBody": {"required": True, "content": {
+                    "application/json": {"schema": ANY_OBJ},
+                    "application/xml": {"schema": {"type": "string"}},
+                    "text/xml": {"schema": {"type": "string"}}}},
+                "responses": {"201": _json(_ref("AlertHandled"), "a new alert was recorded"),
+                              "200": _json(_ref("AlertHandled"), "handled (a duplicate or not an alert)"),
+                              **WRITE_ERRORS}},
+        },
+        "/alerts/{id}": {"get": {
+            "summary": "One alert: region, actions, frames covering it, candidates inside",
+            "security": OPEN, "tags": ["alerts"], "parameters": [ALERT_ID],
+            "responses": {"200": _json(_ref("AlertDetail"), "the alert"), "404": _err("no such alert"),
+                          **COMMON_ERRORS}}},
+    }
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "stdd control endpoint", "version": version,
+                 "description": "The local HTTP endpoint of the stdd daemon. POSTs need "
+                                "`Authorization: Bearer <token>` (the token is in http.token_file); "
+                                "GETs are open on loopback unless http.open_reads is false."},
+        "servers": [{"url": "/"}],
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+    }
