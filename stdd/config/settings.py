@@ -47,6 +47,9 @@ class WatchSettings(Section):
     rescan_minutes: float = Field(10.0, gt=0)
     recursive: bool = True
     after_success: Literal["leave", "archive", "delete"] = "leave"
+    incomplete_seconds: float = Field(
+        20.0, gt=0, description="a settled file that is still not a whole FITS file is failed after this long"
+    )
 
 
 class PoolSettings(Section):
@@ -59,6 +62,16 @@ class PoolSettings(Section):
     shutdown_grace_seconds: float = Field(30.0, ge=0)
     crash_loop_failures: int = Field(5, ge=1)
     crash_loop_window_seconds: float = Field(120.0, gt=0)
+    crash_loop_pause_minutes: float = Field(
+        30.0, ge=0, description="intake resumes by itself after this long; 0 = only when resumed by hand"
+    )
+    stage_timeouts: dict[Literal["inspect", "photometry", "transients", "subtraction"], float] = Field(
+        default_factory=dict, description="per-stage timeout in seconds, overriding stage_timeout_seconds"
+    )
+    retry_timeouts: bool = Field(False, description="retry a frame whose stage timed out (a hang is usually not transient)")
+    stage_functions: dict[Literal["inspect", "photometry", "transients", "subtraction"], str] = Field(
+        default_factory=dict, description="tests and experiments: replace a stage's function, name -> module:callable"
+    )
     dask_scheduler: str | None = None
 
     @property
@@ -164,6 +177,7 @@ class SiteSettings(Section):
     elevation: float = 0.0
     min_altitude: float = Field(20.0, ge=0, le=90)
     max_sun_altitude: float = Field(-12.0, ge=-90, le=90)
+    min_moon_separation: float = Field(10.0, ge=0, le=180, description="degrees between target and Moon")
 
 
 class KafkaSettings(Section):
@@ -174,6 +188,12 @@ class KafkaSettings(Section):
     client_secret_env: str = "GCN_CLIENT_SECRET"
     client_secret_file: Path | None = None
     group_id: str = "stdd"
+    security_protocol: str | None = Field(
+        None, description="default: PLAINTEXT with bootstrap_servers, else gcn-kafka's SASL_SSL")
+    config: dict[str, str | int | float | bool] = Field(
+        default_factory=dict, description="extra librdkafka settings, passed as given")
+    heartbeat_topic: str = "gcn.heartbeat"
+    reconnect_backoff_max_seconds: float = Field(30.0, gt=0)
     topics: list[str] = Field(
         default_factory=lambda: [
             "gcn.classic.voevent.SWIFT_BAT_GRB_POS_ACK",
@@ -198,7 +218,8 @@ class PolicyRule(Section):
     roles: list[Literal["observation", "test", "mock", "control"]] = Field(
         default_factory=lambda: ["observation"]
     )
-    max_error_radius_deg: float = Field(1.0, gt=0)
+    max_error_radius_deg: float | None = Field(
+        None, gt=0, description="90 % circle-equivalent radius; None means no limit")
     priority: int = 10
     require_visible: bool = True
     actions: list[str] = Field(default_factory=list)
@@ -211,6 +232,8 @@ class ActionSettings(Section):
     folder: Path | None = None
     timeout_seconds: float = Field(30.0, gt=0)
     retries: int = Field(3, ge=0)
+    retry_backoff_seconds: float = Field(2.0, ge=0)
+    headers: dict[str, str] = Field(default_factory=dict, description="extra HTTP headers (webhook)")
 
     @model_validator(mode="after")
     def _needs(self):
@@ -226,6 +249,10 @@ class AlertSettings(Section):
     live_hours: float = Field(48.0, gt=0)
     visibility_window_hours: float = Field(12.0, gt=0)
     forced_photometry_max_radius_deg: float = Field(0.05, gt=0)
+    credible_level: float = Field(0.9, gt=0, lt=1, description="skymap region kept as the alert's area")
+    action_workers: int = Field(4, ge=1)
+    drop_poll_seconds: float = Field(1.0, gt=0)
+    drop_settle_seconds: float = Field(1.0, ge=0)
     rules: list[PolicyRule] = Field(default_factory=lambda: [PolicyRule()])
     actions: dict[str, ActionSettings] = Field(default_factory=dict)
 
