@@ -1,0 +1,252 @@
+"""AlertService: one message, end to end — store, parse, de-duplicate, decide, act, record.
+
+Design note: the service is synchronous and cheap (parsing, a policy decision, a few
+SQLite writes; a 1 MB LVK skymap decodes in ~0.1 s). It is called from the intake threads
+(Kafka, drop folder), never from the daemon's event loop; the slow part, running actions,
+goes to the ActionRunner's pool. Processing is serialised by a lock, so "is this notice new?"
+and "record it" cannot interleave between two intakes.
+
+De-duplication has two keys: the message's (topic, partition, offset) — a redelivery after a
+crash — and the notice id (IVORN, LVK superevent+type+time, or a key built from a JSON
+notice) — the same notice sent twice or through two routes. Either way, no action runs twice.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..store.alerts import AlertStore
+from ..store.events import EventLog
+from .actions import ActionRunner
+from .notice import Alert, NoticeError
+from .parse import parse_notice
+from .policy import Decision, Policy, screen
+from .region import LiveRegion, RegionError
+
+log = logging.getLogger("stdd.alerts")
+
+
+@dataclass
+class IntakeMessage:
+    """One message as an intake hands it over."""
+
+    value: bytes
+    topic: str | None = None
+    partition: int | None = None
+    offset: int | None = None
+    timestamp: float | None = None  # producer / broker time, seconds
+    hint: str | None = None  # e.g. the file name for dropped notices
+
+
+@dataclass
+class Outcome:
+    message_id: int
+    state: str  # parsed | duplicate | control | error | already-processed
+    alert_id: str | None = None
+    decision: Decision | None = None
+    error: str | None = None
+    action_ids: list[int] = field(default_factory=list)
+    futures: list[Any] = field(default_factory=list, repr=False)
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Wait for the actions this message started (tests, benchmarks)."""
+        for f in self.futures:
+            f.result(timeout=timeout)
+
+    def to_dict(self) -> dict:
+        return {"message_id": self.message_id, "state": self.state, "alert_id": self.alert_id,
+                "decision": self.decision.to_dict() if self.decision else None, "error": self.error,
+                "action_ids": self.action_ids}
+
+
+class AlertService:
+    def __init__(self, db, settings, *, clock=time.time, runner: ActionRunner | None = None):
+        self.db = db
+        self.settings = settings
+        self.cfg = settings.alerts
+        self.clock = clock
+        self.store = AlertStore(db)
+        self.events = EventLog(db)
+        self.policy = Policy(settings.alerts, settings.site)
+        self.runner = runner or ActionRunner(self.store, settings, on_event=self._action_event)
+        self._lock = threading.RLock()
+        self.counts = {"messages": 0, "alerts": 0, "duplicates": 0, "errors": 0, "control": 0, "acted": 0}
+
+    # -- intake entry points -------------------------------------------------------------
+    def store_message(self, msg: IntakeMessage) -> tuple[int, bool]:
+        """Record the raw message (committed) — call before committing its Kafka offset."""
+        return self.store.add_message(msg.value, msg.topic if msg.topic else _file_topic(msg.hint),
+                                      msg.partition, msg.offset, self.clock())
+
+    def handle(self, msg: IntakeMessage) -> Outcome:
+        """Store, then process. Usable directly as the `on_message` of KafkaIntake or DropFolderIntake."""
+        message_id, _ = self.store_message(msg)
+        return self.process_message(message_id, hint=msg.hint)
+
+    def handle_message(self, raw: bytes, topic: str | None = None, partition: int | None = None,
+                       offset: int | None = None, hint: str | None = None) -> Outcome:
+        return self.handle(IntakeMessage(raw, topic, partition, offset, hint=hint))
+
+    __call__ = handle
+
+    # -- processing ----------------------------------------------------------------------
+    def process_message(self, message_id: int, hint: str | None = None) -> Outcome:
+        with self._lock:
+            msg = self.store.get_message(message_id)
+            if msg is None:
+                raise KeyError(f"no alert message {message_id}")
+            if msg["state"] != "received":
+                return Outcome(message_id, "already-processed", msg.get("alert_id"))
+            self.counts["messages"] += 1
+            topic = msg["topic"] if msg["topic"] and not msg["topic"].startswith("file:") else None
+            if hint is None and msg["topic"] and msg["topic"].startswith("file:"):
+                hint = msg["topic"][5:]
+            try:
+                alert = parse_notice(msg["raw"], topic, hint=hint, credible_level=self.cfg.credible_level)
+            except NoticeError as e:
+                self.counts["errors"] += 1
+                self.store.set_message(message_id, "error", error=str(e))
+                self.events.add("alert.error", f"unreadable notice on {msg['topic']}: {e}", level="WARNING",
+                                data={"message_id": message_id})
+                return Outcome(message_id, "error", error=str(e))
+            if alert.role == "control":
+                self.counts["control"] += 1
+                self.store.set_message(message_id, "control", alert.id)
+                return Outcome(message_id, "control", alert.id)
+            if self.store.get_alert(alert.id) is not None:
+                return self._duplicate(message_id, alert)
+            now = self.clock()
+            actionable, screen_reason = screen(alert)
+            decision = self.policy.decide(alert, now)
+            row = self._alert_row(alert, message_id, now, actionable, screen_reason, decision)
+            if not self.store.add_alert(row):
+                return self._duplicate(message_id, alert)
+            self.counts["alerts"] += 1
+            self.store.set_message(message_id, "parsed", alert.id)
+            outcome = Outcome(message_id, "parsed", alert.id, decision)
+            self.events.add("alert.received", _summary(alert, decision), alert_id=alert.id,
+                            data={"decision": decision.to_dict(), "message_id": message_id})
+            if decision.kind == "cancel":
+                self._retract(alert, now, outcome)
+            elif decision.act:
+                self.counts["acted"] += 1
+                self._supersede(alert, now)
+                started = self.runner.dispatch(alert.id, decision.actions, "observe", row["parsed"], decision.to_dict())
+                outcome.action_ids = [a for a, _ in started]
+                outcome.futures = [f for _, f in started]
+            return outcome
+
+    def _duplicate(self, message_id: int, alert: Alert) -> Outcome:
+        self.counts["duplicates"] += 1
+        self.store.set_message(message_id, "duplicate", alert.id)
+        log.info("duplicate notice %s (message %s): no action", alert.id, message_id)
+        return Outcome(message_id, "duplicate", alert.id)
+
+    def _alert_row(self, alert: Alert, message_id: int, now: float, actionable: bool, screen_reason: str | None,
+                   decision: Decision) -> dict:
+        try:
+            region = alert.region_dict()
+        except (RegionError, ValueError) as e:
+            region = None
+            alert.flags.append(f"region_unusable: {e}")
+        parsed = alert.to_dict(actionable=actionable, ignore_reason=screen_reason)
+        state = "live" if decision.act else ("cancel" if decision.kind == "cancel" else "ignored")
+        return {
+            "id": alert.id, "ivorn": alert.ivorn, "event_id": alert.event_id, "mission": alert.mission,
+            "instrument": alert.instrument, "notice_type": alert.notice_type, "role": alert.role,
+            "time": alert.time, "ra": alert.ra, "dec": alert.dec, "error_radius_deg": alert.error_radius_deg,
+            "region": region, "skymap": ({"url": alert.skymap_url, **(parsed["skymap"] or {})}
+                                         if alert.skymap is not None or alert.skymap_url else None),
+            "retraction": int(alert.retraction), "retracts": alert.retracts, "actionable": int(actionable),
+            "ignore_reason": screen_reason or decision.reason, "priority": decision.priority, "state": state,
+            "decision": decision.to_dict(),
+            "live_until": now + self.cfg.live_hours * 3600 if decision.act else None,
+            "received_at": now, "message_id": message_id, "parsed": parsed,
+        }
+
+    def _supersede(self, alert: Alert, now: float) -> None:
+        """A newer actionable notice of the same event replaces the older live region."""
+        if not alert.event_id:
+            return
+        for prior in self.store.alerts_for_event(alert.mission, alert.event_id, exclude=alert.id):
+            if prior["state"] == "live":
+                self.store.update_alert(prior["id"], state="superseded", live_until=now)
+
+    def _retract(self, alert: Alert, now: float, outcome: Outcome) -> None:
+        if not alert.retracts:
+            return
+        for prior in self.store.alerts_for_event(alert.mission, alert.retracts, exclude=alert.id):
+            if prior.get("retraction"):
+                continue
+            if prior["state"] in ("live", "superseded", "ignored", "expired"):
+                self.store.update_alert(prior["id"], state="retracted", live_until=min(now, prior["live_until"] or now))
+            done = [a["name"] for a in self.store.actions_for_alert(prior["id"], "observe")]
+            if done:
+                started = self.runner.dispatch(prior["id"], done, "cancel", prior["parsed"],
+                                               {"kind": "cancel", "retraction": alert.id})
+                outcome.action_ids += [a for a, _ in started]
+                outcome.futures += [f for _, f in started]
+            self.events.add("alert.retracted", f"{prior['id']} retracted by {alert.id}", alert_id=prior["id"],
+                            data={"retraction": alert.id, "cancelled_actions": done})
+
+    def _action_event(self, action_id, alert_id, name, purpose, row) -> None:
+        state = row.get("state") if row else "?"
+        level = "INFO" if state == "done" else "WARNING"
+        self.events.add("alert.action", f"{name} ({purpose}) for {alert_id}: {state}", alert_id=alert_id,
+                        level=level, data={"action_id": action_id, "exit_code": row.get("exit_code") if row else None,
+                                           "http_status": row.get("http_status") if row else None,
+                                           "error": row.get("error") if row else None})
+
+    # -- recovery and queries ------------------------------------------------------------
+    def recover(self) -> list[Outcome]:
+        """At start-up: process stored-but-unprocessed messages; run claimed-but-unstarted actions.
+
+        An action found 'running' was interrupted mid-way; it is marked failed, not run again
+        (running it twice could observe twice).
+        """
+        outcomes = [self.process_message(m["id"]) for m in self.store.unprocessed_messages()]
+        for row in self.store.unfinished_actions():
+            if row["state"] == "running":
+                self.store.finish_action(row["id"], "failed", error="interrupted: stdd stopped while it ran")
+                continue
+            alert = self.store.get_alert(row["alert_id"])
+            if alert is not None:
+                self.runner.resume(row, alert["parsed"], alert.get("decision"))
+        return outcomes
+
+    def live_regions(self, now: float | None = None) -> list[LiveRegion]:
+        """Regions of live alerts (highest priority first), for frame priority and candidate flags."""
+        now = self.clock() if now is None else now
+        out = []
+        for row in self.store.live_alerts(now):
+            try:
+                out.append(LiveRegion(row["id"], row["region"], event_id=row["event_id"], mission=row["mission"],
+                                      priority=row["priority"] or 0, live_until=row["live_until"],
+                                      forced_max_radius_deg=self.cfg.forced_photometry_max_radius_deg))
+            except (RegionError, KeyError, ValueError) as e:
+                log.warning("alert %s: stored region unusable: %s", row["id"], e)
+        return out
+
+    def expire(self, now: float | None = None) -> int:
+        return self.store.expire(self.clock() if now is None else now)
+
+    def status(self) -> dict:
+        return {"counts": dict(self.counts), "messages": self.store.message_counts(),
+                "live": len(self.store.live_alerts(self.clock()))}
+
+    def close(self, wait: bool = True) -> None:
+        self.runner.close(wait=wait)
+
+
+def _file_topic(hint: str | None) -> str | None:
+    return f"file:{hint}" if hint else None
+
+
+def _summary(alert: Alert, decision: Decision) -> str:
+    what = f"{alert.mission or '?'} {alert.notice_type or ''} {alert.event_id or ''}".strip()
+    if decision.act:
+        return f"{what}: act (priority {decision.priority}, actions {', '.join(decision.actions) or 'none'})"
+    return f"{what}: {decision.kind} ({decision.reason})"
