@@ -359,6 +359,16 @@ def test_template_library_is_consistent_with_the_frame_and_covers_by_footprint(t
     assert np.median(core) < 1.0 * sigma * math.sqrt(2)
 
 
+@pytest.mark.parametrize("ra, dec", [(0.0, 20.0), (359.98, -40.0), (75.0, 89.97), (300.0, -89.95)])
+def test_sky_is_uniform_across_ra_wrap_and_poles(tmp_path, ra, dec):
+    p = make_field(tmp_path, ra=ra, dec=dec, width=256, height=256, n_stars=2000, template=False, n_cosmics=0,
+                   n_transients=0)
+    x = np.array([s["x"] for s in p.truth_data["stars"]])
+    assert abs(len(x) - 2000) < 4 * math.sqrt(2000)
+    left, right = np.sum(x < 127.5), np.sum(x >= 127.5)
+    assert abs(left - right) < 4 * math.sqrt(len(x))
+
+
 def test_bad_arguments_raise_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="band"):
         make_field(tmp_path, band="z")

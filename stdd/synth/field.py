@@ -20,6 +20,9 @@ Detection limit (written into the truth, formula included as a string)::
     mag_limit = zp − 2.5 log10(F_ap,5σ / f_ap)               (total flux of a point source)
 
 Expected S/N of a transient in that aperture: S/N = f_ap F / √(f_ap F / gain + A σ_pix²).
+Pixel integration broadens the PSF slightly, so exact-overlap aperture photometry on the frame finds
+``aperture_fraction_pixel`` (0.696 for FWHM 3 px, β 2.5) rather than the analytic ``aperture_fraction``
+(0.709); compare measured aperture fluxes with ``flux · aperture_fraction_pixel``.
 
 Files written into ``out_dir`` (names configurable): ``frame.fits`` (float32, TAN or TAN-SIP WCS, header
 DATE-OBS = start of exposure, EXPTIME, FILTER (or ``filter_keyword``), GAIN, RDNOISE, SATURATE, INSTRUME,
@@ -174,7 +177,8 @@ def default_starfield(
     alpha = moffat_alpha(fwhm, beta)
     peak_frac = (beta - 1.0) / (math.pi * alpha * alpha)
     m_sat = zp - 2.5 * math.log10((saturation - sky) / peak_frac)
-    return StarField(seed=int(seed), density=n_stars / area_sqdeg, mag_bright=m_sat - 1.5, mag_faint=lim + 1.5)
+    return StarField(seed=int(seed), density=n_stars / area_sqdeg, mag_bright=min(m_sat - 1.5, lim - 3.0),
+                     mag_faint=lim + 1.5)
 
 
 # ------------------------------------------------------------------------------------------ helpers

@@ -48,8 +48,8 @@ class StarField:
     cell_deg: float = 0.1
 
     def __post_init__(self):
-        if not self.density > 0:
-            raise ValueError(f"star density must be > 0, got {self.density}")
+        if not self.density >= 0:
+            raise ValueError(f"star density must be >= 0, got {self.density}")
         if not self.mag_faint > self.mag_bright:
             raise ValueError(f"mag_faint ({self.mag_faint}) must be fainter than mag_bright ({self.mag_bright})")
         if not 0 < self.cell_deg <= 5:
