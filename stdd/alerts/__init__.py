@@ -1,0 +1,54 @@
+"""GCN alerts: intake (Kafka, drop folder), parsing, regions, policy and actions.
+
+The API the daemon calls
+------------------------
+Parsing (pure, no I/O)::
+
+    alert = parse_notice(raw: bytes, topic: str | None = None, hint=None)  # -> Alert; NoticeError on garbage
+    actionable, reason = screen(alert)          # the default policy, ignoring visibility
+    alert.to_dict(actionable=..., ignore_reason=...)   # the JSON of `stdd alert parse --json`
+
+Handling messages end to end (store → parse → dedupe → decide → act → record)::
+
+    service = AlertService(db: stdd.store.Database, settings: Settings)
+    service.recover()                       # at start-up: unprocessed messages, unstarted actions
+    outcome = service.handle(IntakeMessage(value=raw, topic=..., partition=..., offset=...))
+    outcome.state       # parsed | duplicate | control | error | already-processed
+    outcome.decision    # Decision(act, kind=observe|cancel|ignore, reason, priority, actions, visibility)
+    # actions run on the service's own thread pool; a retraction runs "cancel" through the same actions
+    service.live_regions(now) -> list[LiveRegion]   # highest priority first
+    service.expire(now); service.status(); service.close()
+
+A LiveRegion (one live alert's 90 % region; skymaps as their credible-area MOC)::
+
+    region.overlaps(ra, dec, radius_deg)     # a circular frame footprint
+    region.overlaps_polygon(corners)         # a frame footprint given by its corners
+    region.overlaps_footprint(fp)            # {'ra','dec','radius'} | {'corners': [...]} | [corners]
+    region.contains(ra, dec)                 # scalar or arrays -> candidate flags
+    region.forced_position                   # (ra, dec) for small circles, else None
+    region.alert_id, .priority, .radius_deg, .kind, .live_until
+
+Intakes, each on its own thread, calling `on_message(IntakeMessage)` (use `service.handle`)::
+
+    kafka = KafkaIntake(settings, service.handle); kafka.start(); kafka.status(); kafka.stop()
+        # status: connected, last_heartbeat (+ age), messages_received/stored, last_error, ...
+        # each message is stored by on_message BEFORE its offset is committed
+    drop = DropFolderIntake(settings, service.handle); drop.start(); drop.stop()   # settings.paths.alert_drop
+
+Benchmark: `stdd.alerts.latency.measure_latency(bootstrap, workdir, n)` → p50/p99 of
+notice-produced → action-started against a broker.
+"""
+from .drop_folder import DropFolderIntake
+from .intake import IntakeConfigError, KafkaIntake, consumer_config
+from .notice import ROLES, Alert, NoticeError
+from .parse import HEARTBEAT_TOPIC, parse_notice
+from .policy import Decision, Policy, screen, site_visibility
+from .region import Circle, Ellipse, LiveRegion, Polygon, RegionError, Skymap, scale_containment
+from .service import AlertService, IntakeMessage, Outcome
+
+__all__ = [
+    "Alert", "AlertService", "Circle", "Decision", "DropFolderIntake", "Ellipse", "HEARTBEAT_TOPIC",
+    "IntakeConfigError", "IntakeMessage", "KafkaIntake", "LiveRegion", "NoticeError", "Outcome", "Policy",
+    "Polygon", "ROLES", "RegionError", "Skymap", "consumer_config", "parse_notice", "scale_containment", "screen",
+    "site_visibility",
+]
