@@ -103,7 +103,10 @@ def parse_json_notice(data: dict, raw: bytes, topic: str | None = None, hint: st
     if discriminator is None:
         canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
         discriminator = hashlib.sha256(canonical.encode()).hexdigest()[:12]
-    nid = f"{mission or family or classic or 'gcn'}#{event_id or '-'}/{alert_type or '-'}/{discriminator}"
+    source = mission or family or classic or "gcn"
+    if instrument:
+        source += f"/{instrument}"
+    nid = f"{source}#{event_id or '-'}/{alert_type or '-'}/{discriminator}"
     if subtype:
         nid += f"/{subtype}"
 
@@ -163,7 +166,7 @@ def parse_json_notice(data: dict, raw: bytes, topic: str | None = None, hint: st
         v = _float(data.get(key))
         if v is not None:
             alert.significance["far_hz" if key == "far" else key] = v
-    if family and family.endswith("known"):
+    if family and family.split(".")[-1] == "known":
         alert.flags.append("known_source")
     if data.get("known_source"):
         alert.flags.append("known_source")
