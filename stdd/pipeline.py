@@ -81,12 +81,13 @@ StageCallback = Callable[[str, str, StageResult | None], None]
 
 
 def run_chain(folder: Path, settings: StageSettings, steps: Iterable[str] | None = None,
-              on_stage: StageCallback | None = None) -> dict:
+              on_stage: StageCallback | None = None, functions: dict[str, str] | None = None) -> dict:
     """Run the selected stages in order in `folder`; a failed stage stops the chain.
 
     `on_stage(name, "start"|"end", result)` is called around each stage (the pool uses it to
     apply per-stage timeouts and to record stage runs). Returns the merged result (as written
-    to result.json in the folder).
+    to result.json in the folder). `functions` (stage name -> "module:callable") replaces a
+    stage's function: tests and experiments (settings `pool.stage_functions`).
     """
     folder = Path(folder)
     names = select_steps(steps)
@@ -95,7 +96,7 @@ def run_chain(folder: Path, settings: StageSettings, steps: Iterable[str] | None
     for name in names:
         if on_stage:
             on_stage(name, "start", None)
-        res = run_stage(name, folder, settings)
+        res = run_stage(name, folder, settings, (functions or {}).get(name))
         results[name] = res
         if on_stage:
             on_stage(name, "end", res)
@@ -106,9 +107,11 @@ def run_chain(folder: Path, settings: StageSettings, steps: Iterable[str] | None
     return merged
 
 
-def run_stage(name: str, folder: Path, settings: StageSettings) -> StageResult:
+def run_stage(name: str, folder: Path, settings: StageSettings, function: str | None = None) -> StageResult:
     """Run one stage, turning any exception into a failed result with a specific reason."""
     spec = stage_spec(name)
+    if function:
+        spec = StageSpec(name, function, spec.description)
     t0 = time.monotonic()
     try:
         res = spec.load()(folder, settings)

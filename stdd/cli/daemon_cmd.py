@@ -1,6 +1,35 @@
-"""Commands of this module are added by the issue that builds them."""
+"""`stdd run`: the daemon in the foreground (systemd runs exactly this)."""
+from __future__ import annotations
+
+import asyncio
+import sys
+
 import click
+
+from .common import EXIT_FAILURE, get_settings
+
+
+def services_for(settings) -> list:
+    """Services started and stopped with the daemon. The HTTP endpoint and the GCN alert
+    consumer add themselves here when they exist."""
+    return []
 
 
 def register(cli: click.Group) -> None:
-    pass
+    @cli.command("run")
+    @click.pass_context
+    def run(ctx: click.Context) -> None:
+        """Run the daemon in the foreground until SIGTERM or Ctrl-C (SIGHUP reloads the config)."""
+        from ..daemon import Daemon, DaemonError
+        from ..daemon.logs import setup_logging
+        from ..store import StoreError
+
+        settings = get_settings(ctx)
+        setup_logging(settings.log_level)
+        daemon = Daemon(settings, config_path=settings.source_file, services=services_for(settings))
+        try:
+            code = asyncio.run(daemon.run())
+        except (DaemonError, StoreError) as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(EXIT_FAILURE)
+        sys.exit(code)

@@ -240,3 +240,82 @@ class FrameStore:
         states = list(states)
         marks = ",".join("?" * len(states))
         return [r["id"] for r in self.db.query(f"SELECT id FROM frames WHERE state IN ({marks})", states)]
+
+    # -- for the daemon: intake, cancel, housekeeping --------------------------------------
+    def add_rejected(self, path: str, sha256: str, size: int, mtime: float | None, error: str) -> tuple[dict, bool]:
+        """Record a file that cannot be processed (empty, truncated, not FITS) as failed at once.
+        Returns (row, created); identical content already recorded is not added again."""
+        with self.db.write() as conn:
+            existing = self.get_by_sha(sha256)
+            if existing is not None:
+                return existing, False
+            prev = conn.execute("SELECT COUNT(*) FROM frames WHERE path = ?", (path,)).fetchone()[0]
+            now = _now()
+            cur = conn.execute(
+                "INSERT INTO frames (path, name, sha256, size, mtime, version, state, priority, attempts, error,"
+                " created_at, queued_at, finished_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, 'failed', 0, 0, ?, ?, ?, ?, ?)",
+                (path, path.rsplit("/", 1)[-1], sha256, size, mtime, prev + 1, error, now, now, now, now),
+            )
+            frame_id = cur.lastrowid
+            self._event(conn, "frame.rejected", frame_id, f"{path}: {error}", {"sha256": sha256, "size": size},
+                        level="ERROR")
+            return self.get(frame_id), True
+
+    def latest_for_path(self, path: str) -> dict | None:
+        """The newest recorded version of the file at `path`."""
+        return _decode(self.db.query_one("SELECT * FROM frames WHERE path = ? ORDER BY id DESC LIMIT 1", (path,)))
+
+    def cancel_queued(self, frame_id: int, reason: str) -> bool:
+        """Cancel a frame that is still queued (atomic against a claim). False if it is not queued."""
+        now = _now()
+        with self.db.write() as conn:
+            n = conn.execute(
+                "UPDATE frames SET state = 'cancelled', error = ?, finished_at = ?, updated_at = ?, pid = NULL"
+                " WHERE id = ? AND state = 'queued'", (reason, now, now, frame_id)).rowcount
+            if n:
+                self._event(conn, "frame.cancelled", frame_id, reason)
+            return bool(n)
+
+    def next_attempt_time(self) -> float | None:
+        """The earliest time a queued frame may be claimed (None: nothing queued)."""
+        row = self.db.query_one(
+            "SELECT MIN(COALESCE(next_attempt_at, 0)) AS t, COUNT(*) AS n FROM frames WHERE state = 'queued'")
+        return row["t"] if row and row["n"] else None
+
+    def queued(self, limit: int = 1000) -> list[dict]:
+        """Queued frames in claim order."""
+        return [_decode(r) for r in self.db.query(
+            "SELECT * FROM frames WHERE state = 'queued' ORDER BY priority DESC, queued_at ASC, id ASC LIMIT ?",
+            (limit,))]
+
+    def running(self) -> list[dict]:
+        return [_decode(r) for r in self.db.query("SELECT * FROM frames WHERE state = 'running' ORDER BY id")]
+
+    def finished_between(self, t0: float, t1: float) -> list[dict]:
+        """Terminal frames created in [t0, t1) (the nightly summary)."""
+        return [_decode(r) for r in self.db.query(
+            "SELECT * FROM frames WHERE state IN ('done', 'failed', 'cancelled') AND created_at >= ? AND created_at < ?"
+            " ORDER BY id", (t0, t1))]
+
+    def finished_before(self, t: float) -> list[dict]:
+        """Terminal frames finished before `t` that still have a work folder (retention)."""
+        return [_decode(r) for r in self.db.query(
+            "SELECT id, name, sha256, path, state, work_dir, finished_at FROM frames"
+            " WHERE state IN ('done', 'failed', 'cancelled') AND finished_at < ? AND work_dir IS NOT NULL"
+            " ORDER BY id", (t,))]
+
+    def clear_work_dir(self, frame_id: int) -> None:
+        with self.db.write() as conn:
+            conn.execute("UPDATE frames SET work_dir = NULL, updated_at = ? WHERE id = ?", (_now(), frame_id))
+
+    def known_ids(self) -> set[int]:
+        return {r["id"] for r in self.db.query("SELECT id FROM frames")}
+
+    def last_stage_run(self, frame_id: int) -> dict | None:
+        return self.db.query_one("SELECT * FROM stage_runs WHERE frame_id = ? ORDER BY id DESC LIMIT 1", (frame_id,))
+
+    def set_options(self, frame_id: int, options: dict | None) -> None:
+        with self.db.write() as conn:
+            conn.execute("UPDATE frames SET options = ?, updated_at = ? WHERE id = ?",
+                         (json.dumps(options) if options else None, _now(), frame_id))

@@ -1,0 +1,303 @@
+"""Intake: from a path the watcher saw to a frame recorded in the queue (or rejected).
+
+For each settled file, in a worker thread (never on the event loop):
+1. a file already recorded with the same size and mtime is known: skipped without hashing
+   (a restart, or a rescan, of a folder the daemon has seen);
+2. it is copied into the spool while hashed (`copy_and_hash`); a file that changed meanwhile
+   goes back to the settle tracker;
+3. content already recorded (same SHA-256, any name) is a duplicate: logged, not processed;
+4. the spool copy is checked as a whole FITS file: ok → recorded as queued (its priority
+   from the region provider); still incomplete → held until it changes, its writer closes it
+   or `incomplete_seconds` pass; bad (or incomplete for good) → recorded as failed with the
+   reason, moved to the quarantine with a `.reason.txt`, and given a result folder.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+from ..pipeline import publish
+from ..watch.files import FileStat, SourceChanged, copy_and_hash, file_stat, fits_suffix, frame_stem
+from ..watch.fitscheck import check_fits
+from ..watch.settle import Settled, SettleTracker
+from ..watch.watcher import FolderWatcher
+
+if TYPE_CHECKING:
+    from .service import Daemon
+
+log = logging.getLogger("stdd.intake")
+
+
+@dataclass
+class Outcome:
+    kind: str  # queued | duplicate | known | rejected | incomplete | changed | gone | error
+    path: Path
+    frame: dict | None = None
+    reason: str | None = None
+    stat: FileStat | None = None
+
+
+def spool_path(spool: Path, sha256: str, name: str) -> Path:
+    return spool / f"{sha256}{fits_suffix(name)}"
+
+
+def result_dir_for(results: Path, frame_id: int, name: str) -> Path:
+    return results / f"{frame_id}-{frame_stem(name)}"
+
+
+def publish_outcome(result_dir: Path, extra: dict) -> None:
+    """A result folder for a frame that ran no chain (rejected, cancelled, timed out, gave up)."""
+    with tempfile.TemporaryDirectory(prefix=".outcome-", dir=result_dir.parent) as tmp:
+        publish(Path(tmp), result_dir, extra)
+
+
+def frame_extra(frame: dict) -> dict:
+    return {"frame_id": frame["id"], "source": frame["path"], "sha256": frame["sha256"],
+            "version": frame.get("version"), "attempts": frame.get("attempts")}
+
+
+class Intake:
+    def __init__(self, daemon: "Daemon"):
+        self.d = daemon
+        self._lock = threading.Lock()
+        self._known: dict[Path, FileStat] = {}
+        self.tracker: SettleTracker | None = None
+        self.watcher: FolderWatcher | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task | None = None
+        self._inflight: set[Path] = set()
+        self._sem = asyncio.Semaphore(2)
+        self._tasks: set[asyncio.Task] = set()
+        self.taken = 0
+
+    # -- life cycle -----------------------------------------------------------------------
+    def _settings(self):
+        return self.d.settings
+
+    def excluded(self) -> list[Path]:
+        p = self._settings().paths
+        return [p.work, p.results, p.quarantine, p.archive, p.cache, self.d.spool]
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        w = self._settings().watch
+        self.tracker = SettleTracker(w.settle_seconds, w.incomplete_seconds)
+        self._start_watcher()
+        self._task = asyncio.create_task(self._tick_loop(), name="intake")
+        await self.rescan()
+
+    def _start_watcher(self) -> None:
+        s = self._settings()
+        self.watcher = FolderWatcher(s.paths.incoming, s.watch.patterns, s.watch.ignore, self.notice,
+                                     poll=s.watch.poll, poll_interval=s.watch.poll_interval,
+                                     recursive=s.watch.recursive, exclude=self.excluded())
+        self.watcher.start()
+
+    def reconfigure(self, old, new) -> None:
+        """Apply a reloaded config: settle times at once; the watcher restarts if its folders changed."""
+        with self._lock:
+            self.tracker.settle_seconds = new.watch.settle_seconds
+            self.tracker.incomplete_seconds = new.watch.incomplete_seconds
+        keys = ("patterns", "ignore", "poll", "poll_interval", "recursive")
+        if (old.paths.incoming != new.paths.incoming
+                or any(getattr(old.watch, k) != getattr(new.watch, k) for k in keys)):
+            log.info("watch: folders or patterns changed; restarting the watcher")
+            self.watcher.stop()
+            self._start_watcher()
+            asyncio.get_running_loop().create_task(self.rescan())
+
+    async def stop(self) -> None:
+        if self.watcher is not None:
+            await asyncio.to_thread(self.watcher.stop)
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        for t in list(self._tasks):
+            t.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # -- input ----------------------------------------------------------------------------
+    def notice(self, path: Path, closed: bool = False) -> None:
+        """From the watcher's thread: something happened at `path`."""
+        with self._lock:
+            if self.tracker is not None:
+                self.tracker.note(path, closed)
+
+    async def rescan(self) -> int:
+        """Note every matching file not known with its current size and mtime."""
+        if self.watcher is None:
+            return 0
+        paths = await asyncio.to_thread(self.watcher.rescan)
+        n = 0
+        for path in paths:
+            st = file_stat(path)
+            if st is None or st.same(self._known.get(path)):
+                continue
+            with self._lock:
+                if path in self.tracker or path in self._inflight:
+                    continue
+                self.tracker.note(path)
+            n += 1
+        if n:
+            log.info("rescan: %d file%s to look at", n, "" if n == 1 else "s")
+        return n
+
+    # -- settling -------------------------------------------------------------------------
+    async def _tick_loop(self) -> None:
+        while True:
+            settle = self.tracker.settle_seconds
+            await asyncio.sleep(min(0.5, max(0.05, settle / 4)))
+            with self._lock:
+                empty = len(self.tracker) == 0
+            if empty:
+                continue
+            due = await asyncio.to_thread(self._due)
+            for item in due:
+                self._inflight.add(item.path)
+                task = asyncio.create_task(self._take(item))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    def _due(self) -> list[Settled]:
+        with self._lock:
+            return [s for s in self.tracker.due() if s.path not in self._inflight]
+
+    async def _take(self, item: Settled) -> None:
+        try:
+            async with self._sem:
+                out = await asyncio.to_thread(self.examine, item)
+        except Exception as e:  # a bug or an odd filesystem: log it, watch the file again later
+            log.exception("intake: %s: %s", item.path, e)
+            out = Outcome("error", item.path, reason=str(e))
+        finally:
+            self._inflight.discard(item.path)
+        self._after(item, out)
+
+    def _after(self, item: Settled, out: Outcome) -> None:
+        if out.kind in ("queued", "duplicate", "known", "rejected"):
+            if out.stat is not None:
+                self._known[item.path] = out.stat
+        if out.kind == "queued":
+            self.taken += 1
+            self.d.wake_dispatcher()
+        elif out.kind == "incomplete":
+            with self._lock:
+                self.tracker.hold(item.path, out.stat, out.reason)
+            log.info("intake: %s is not a whole FITS file yet (%s); waiting", item.path, out.reason)
+        elif out.kind == "changed":
+            with self._lock:
+                self.tracker.note(item.path)
+
+    # -- the work, in a thread ------------------------------------------------------------
+    def examine(self, item: Settled, *, steps: list[str] | None = None, priority: int = 0,
+                force: bool = False) -> Outcome:
+        """Take one settled file (see the module docstring). Runs in a worker thread."""
+        path, st = item.path, item.stat
+        frames = self.d.frames
+        if not force:
+            row = frames.latest_for_path(str(path))
+            if row is not None and row["size"] == st.size and row["mtime"] == st.mtime:
+                return Outcome("known", path, row, stat=st)
+        spool = self.d.spool
+        spool.mkdir(parents=True, exist_ok=True)
+        tmp = spool / f".incoming-{uuid.uuid4().hex}"
+        try:
+            sha, st0 = copy_and_hash(path, tmp)
+        except SourceChanged:
+            return Outcome("changed", path)
+        except FileNotFoundError:
+            return Outcome("gone", path)
+        try:
+            existing = frames.get_by_sha(sha)
+            if existing is not None:
+                return self._duplicate(path, st0, existing)
+            check = check_fits(tmp)
+            if check.state == "incomplete" and not (item.closed or item.expired or force):
+                return Outcome("incomplete", path, reason=check.reason, stat=st0)
+            if not check.ok:
+                reason = check.reason
+                if check.state == "incomplete":
+                    reason += "; the file stopped changing and is still incomplete"
+                return self._reject(path, st0, sha, reason)
+            final = spool_path(spool, sha, path.name)
+            os.replace(tmp, final)
+            prio, alert_ids = priority, []
+            try:
+                p2, alert_ids = self.d.region_provider.frame_priority(final)
+                prio = max(prio, int(p2))
+            except Exception as e:
+                log.warning("intake: %s: the region provider failed (%s); normal priority", path, e)
+            frame, created = frames.add(str(path), sha, st0.size, st0.mtime, priority=prio, steps=steps)
+            if not created:  # the same content arrived twice at once: the other one won
+                return self._duplicate(path, st0, frame)
+            for alert_id in alert_ids:
+                frames.set_priority(frame["id"], prio, alert_id)
+            log.info("frame=%d queued %s (sha256 %s, %d bytes, version %d%s)", frame["id"], path, sha[:12],
+                     st0.size, frame["version"], f", priority {prio}" if prio else "")
+            return Outcome("queued", path, frame, stat=st0)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+
+    def _duplicate(self, path: Path, st: FileStat, existing: dict) -> Outcome:
+        if existing["state"] == "failed" and existing.get("attempts") == 0 and existing.get("work_dir") is None \
+                and existing["path"] != str(path):
+            # the same bytes as a rejected file: it goes to the quarantine too
+            dest = self._quarantine(path, f"same content as rejected frame {existing['id']}: {existing['error']}",
+                                    f"dup{existing['id']}")
+            self.d.events.add("frame.duplicate", f"{path} has the content of rejected frame {existing['id']};"
+                              f" moved to {dest}", frame_id=existing["id"], level="WARNING")
+            log.warning("frame=%d duplicate %s (rejected content) moved to the quarantine", existing["id"], path)
+        elif existing["path"] != str(path):
+            self.d.events.add("frame.duplicate", f"{path} has the content of frame {existing['id']}; not processed"
+                              " again", frame_id=existing["id"], data={"path": str(path)})
+            log.info("frame=%d duplicate %s: same content as %s; not processed again", existing["id"], path,
+                     existing["path"])
+        return Outcome("duplicate", path, existing, stat=st)
+
+    def _reject(self, path: Path, st: FileStat, sha: str, reason: str) -> Outcome:
+        frames = self.d.frames
+        frame, created = frames.add_rejected(str(path), sha, st.size, st.mtime, reason)
+        if not created:
+            return self._duplicate(path, st, frame)
+        dest = self._quarantine(path, reason, str(frame["id"]))
+        log.error("frame=%d rejected %s: %s; moved to %s", frame["id"], path, reason, dest)
+        result_dir = result_dir_for(self._settings().paths.results, frame["id"], path.name)
+        try:
+            publish_outcome(result_dir, {**frame_extra(frame), "status": "failed", "error": reason,
+                                         "quarantined": str(dest) if dest else None})
+            frames.set_dirs(frame["id"], None, str(result_dir))
+        except OSError as e:
+            log.error("frame=%d cannot write its result folder: %s", frame["id"], e)
+        return Outcome("rejected", path, frame, reason=reason, stat=st)
+
+    def _quarantine(self, path: Path, reason: str, tag: str) -> Path | None:
+        q = self._settings().paths.quarantine
+        q.mkdir(parents=True, exist_ok=True)
+        dest = q / f"{tag}-{path.name}"
+        n = 1
+        while dest.exists() or dest.with_name(dest.name + ".reason.txt").exists():
+            n += 1
+            dest = q / f"{tag}.{n}-{path.name}"
+        try:
+            shutil.move(str(path), dest)
+        except OSError as e:
+            log.error("quarantine: cannot move %s to %s: %s; left in place", path, dest, e)
+            return None
+        try:
+            dest.with_name(dest.name + ".reason.txt").write_text(f"{path}\n{reason}\n")
+        except OSError:
+            pass
+        return dest

@@ -1,0 +1,162 @@
+"""The scheduled housekeeping: retention of work folders, cache pruning, the nightly summary.
+
+Plain functions, run by the daemon's APScheduler jobs in a worker thread (they touch the disk
+and the database, never the event loop). Each returns what it did, for the log.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import statistics
+import time
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+
+from ..pipeline import write_json_atomic
+from ..store import FrameStore
+
+log = logging.getLogger("stdd.jobs")
+DAY = 86400.0
+
+
+def clean_work(frames: FrameStore, work: Path, spool: Path, days: float, now: float | None = None) -> dict:
+    """Remove the work folders (and spool copies) of frames finished more than `days` ago.
+    `days` = 0 keeps them forever. Folders under `work` with no frame behind them go too."""
+    if days <= 0:
+        return {"removed": 0}
+    now = now or time.time()
+    cutoff = now - days * DAY
+    removed = 0
+    for row in frames.finished_before(cutoff):
+        if row.get("work_dir"):
+            shutil.rmtree(row["work_dir"], ignore_errors=True)
+        for p in spool.glob(f"{row['sha256']}.*"):
+            p.unlink(missing_ok=True)
+        frames.clear_work_dir(row["id"])
+        removed += 1
+    if work.is_dir():
+        known = frames.known_ids()
+        for entry in work.iterdir():
+            if entry.is_dir() and entry.name.isdigit() and int(entry.name) not in known \
+                    and entry.stat().st_mtime < cutoff:
+                shutil.rmtree(entry, ignore_errors=True)
+                removed += 1
+    return {"removed": removed}
+
+
+def prune_cache(cache: Path, days: float, now: float | None = None) -> dict:
+    """Delete cache files not used (accessed or modified) for `days`; 0 keeps everything."""
+    if days <= 0 or not cache.is_dir():
+        return {"removed": 0, "bytes": 0}
+    cutoff = (now or time.time()) - days * DAY
+    removed = freed = 0
+    for root, dirs, files in os.walk(cache, topdown=False):
+        for name in files:
+            p = Path(root) / name
+            try:
+                st = p.stat()
+                if max(st.st_atime, st.st_mtime) < cutoff:
+                    p.unlink()
+                    removed += 1
+                    freed += st.st_size
+            except OSError:
+                pass
+        if Path(root) != cache:
+            try:
+                os.rmdir(root)  # only if empty
+            except OSError:
+                pass
+    return {"removed": removed, "bytes": freed}
+
+
+def night_of(t: float, lon_deg: float) -> date:
+    """The observing night a time belongs to: the local solar date of the evening it started
+    (local solar time = UTC + longitude/15 h; a night runs from local noon to local noon)."""
+    local = datetime.fromtimestamp(t, timezone.utc) + timedelta(hours=lon_deg / 15.0)
+    return (local - timedelta(hours=12)).date()
+
+
+def _frame_time(row: dict) -> float:
+    """When the frame was taken (its mid-exposure time if known), else when it was recorded."""
+    tm = row.get("time_mid")
+    if tm:
+        try:
+            dt = datetime.fromisoformat(str(tm).replace("Z", "+00:00"))
+            return (dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)).timestamp()
+        except ValueError:
+            pass
+    return row["created_at"]
+
+
+def _median(values) -> float | None:
+    vals = [float(v) for v in values if v is not None]
+    return round(statistics.median(vals), 3) if vals else None
+
+
+def night_summary(frames: FrameStore, night: date, lon_deg: float) -> dict:
+    """Frames, failures, median zero point, FWHM and limit of one night (by filter too)."""
+    noon = datetime(night.year, night.month, night.day, 12, tzinfo=timezone.utc) - timedelta(hours=lon_deg / 15.0)
+    t0 = noon.timestamp() - DAY  # frames may be recorded a while after they were taken
+    rows = [r for r in frames.finished_between(t0, t0 + 3 * DAY) if night_of(_frame_time(r), lon_deg) == night]
+
+    def block(rs):
+        done = [r for r in rs if r["state"] == "done"]
+        return {
+            "frames": len(rs), "done": len(done),
+            "failed": sum(r["state"] == "failed" for r in rs),
+            "cancelled": sum(r["state"] == "cancelled" for r in rs),
+            "median_zp": _median(r.get("zp") for r in done),
+            "median_fwhm_arcsec": _median(r.get("fwhm_arcsec") for r in done),
+            "median_mag_limit": _median(r.get("mag_limit") for r in done),
+            "candidates": sum(r.get("n_candidates") or 0 for r in done),
+        }
+
+    out = {"night": night.isoformat(), **block(rows), "by_filter": {}}
+    for flt in sorted({r.get("filter") for r in rows if r.get("filter")}):
+        out["by_filter"][flt] = block([r for r in rows if r.get("filter") == flt])
+    reasons: dict[str, int] = {}
+    for r in rows:
+        if r["state"] == "failed" and r.get("error"):
+            key = r["error"].split(":", 1)[0][:80]
+            reasons[key] = reasons.get(key, 0) + 1
+    out["failure_reasons"] = reasons
+    return out
+
+
+def write_night_summary(frames: FrameStore, results: Path, lon_deg: float, night: date | None = None,
+                        now: float | None = None) -> tuple[Path, dict]:
+    """Write results/summary/night-<date>.json for `night` (default: the night that just ended)."""
+    if night is None:
+        night = night_of((now or time.time()) - DAY / 2, lon_deg)
+    summary = night_summary(frames, night, lon_deg)
+    folder = results / "summary"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"night-{night.isoformat()}.json"
+    write_json_atomic(path, summary)
+    return path, summary
+
+
+def format_summary(s: dict) -> str:
+    def f(v, fmt):
+        return "-" if v is None else format(v, fmt)
+
+    return (f"night {s['night']}: {s['frames']} frames, {s['done']} done, {s['failed']} failed; median zp "
+            f"{f(s['median_zp'], '.2f')}, FWHM {f(s['median_fwhm_arcsec'], '.2f')}\", limit "
+            f"{f(s['median_mag_limit'], '.2f')}")
+
+
+def clean_stale_publish(results: Path) -> int:
+    """Remove half-written result folders left by a killed publish (`.<name>.*` temp names)."""
+    n = 0
+    if results.is_dir():
+        for entry in results.iterdir():
+            if entry.name.startswith(".") and entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+                n += 1
+    return n
+
+
+def dump(obj) -> str:
+    return json.dumps(obj, default=str)

@@ -1,0 +1,365 @@
+"""The local supervised process pool.
+
+Design note: each frame's chain runs in its own process, started from multiprocessing's
+*forkserver* (a clean server process, forked once from the daemon before any thread of ours
+runs, with stdd's pipeline, numpy and astropy — and stdpipe and the stages when installed —
+already imported). A new frame process therefore costs a fork, not a Python start-up and a
+minute of imports, and it inherits nothing of the daemon's threads, sockets or event loop.
+`workers` is how many frame processes run at once.
+
+One supervisor thread owns every process: it starts them, reads their pipes, applies the
+per-stage timeout (SIGTERM to the process group, SIGKILL after `kill_grace`), notices deaths
+(the process sentinel: SIGKILL, segfault, out of memory), and always SIGKILLs what is left of
+a group when its leader ends, so no stage program outlives its frame. The daemon talks to it
+through the `Executor` calls only; all of them return at once except `shutdown`.
+"""
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import multiprocessing.connection as mpc
+import os
+import queue
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import worker
+from .executor import Executor, FrameJob, PoolEvent
+from .procs import describe_exit, signal_group
+
+log = logging.getLogger("stdd.pool")
+
+#: imported once in the fork server, so frame processes start warm; missing ones are skipped.
+#: multiprocessing re-runs the main script (e.g. the `stdd` console script) in every child
+#: (Python 3.11 does not pass it to the fork server), so what the main script imports is
+#: preloaded too: the child's re-run then finds it all in sys.modules.
+PRELOAD = [
+    "stdd.cli", "stdd.daemon", "stdd.pool.worker", "stdd.pipeline", "stdd.stages.base", "numpy",
+    "astropy.io.fits", "astropy.wcs", "astropy.table", "stdpipe", "stdd.stages.inspect",
+    "stdd.stages.photometry", "stdd.stages.transients", "stdd.stages.subtraction",
+]
+
+#: frame processes run one per core: keep numerical libraries to one thread each
+SINGLE_THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+
+@dataclass
+class _Running:
+    job: FrameJob
+    proc: Any
+    conn: Any
+    started: float
+    phase: str = "prepare"          # prepare | <stage name> | publish
+    phase_started: float = 0.0
+    deadline: float = 0.0           # monotonic time the current phase times out
+    kill_at: float | None = None    # SIGKILL time once SIGTERM was sent
+    outcome: tuple[str, str] | None = None  # (lost reason, message) decided by the supervisor
+    reported: dict[str, Any] | None = None  # the child's last word: finished / interrupted / error
+    stop_sent: bool = False
+    pid: int | None = None
+
+
+class LocalPool(Executor):
+    name = "local"
+
+    def __init__(self, workers: int, *, stage_timeout: float = 1800.0, stage_timeouts: dict[str, float] | None = None,
+                 kill_grace: float = 10.0, preload: list[str] | None = None):
+        self.workers = max(1, int(workers))
+        self.stage_timeout = float(stage_timeout)
+        self.stage_timeouts = dict(stage_timeouts or {})
+        self.kill_grace = float(kill_grace)
+        self.preload = PRELOAD if preload is None else preload
+        self._ctx = mp.get_context("forkserver")
+        self._running: dict[int, _Running] = {}
+        self._commands: "queue.Queue[tuple]" = queue.Queue()
+        self._events: "queue.Queue[PoolEvent]" = queue.Queue()
+        self._lock = threading.Lock()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._stop_by: float | None = None
+        self._closed = threading.Event()
+        self._pending = 0  # submitted, not yet started by the supervisor
+
+    @classmethod
+    def from_settings(cls, pool) -> "LocalPool":
+        return cls(pool.effective_workers, stage_timeout=pool.stage_timeout_seconds,
+                   stage_timeouts=dict(pool.stage_timeouts), kill_grace=pool.kill_grace_seconds)
+
+    # -- the Executor calls ----------------------------------------------------------------
+    def start(self) -> None:
+        for var in SINGLE_THREAD_ENV:
+            os.environ.setdefault(var, "1")
+        self._ctx.set_forkserver_preload(self.preload)
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()  # now, before more threads exist in this process
+        self._thread = threading.Thread(target=self._supervise, name="stdd-pool", daemon=True)
+        self._thread.start()
+        log.info("pool: local, %d worker%s, stage timeout %.0f s", self.workers, "" if self.workers == 1 else "s",
+                 self.stage_timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def free_slots(self) -> int:
+        if self._stopping:
+            return 0
+        with self._lock:
+            return max(0, self.workers - len(self._running) - self._pending)
+
+    def submit(self, job: FrameJob) -> None:
+        if self._stopping:
+            raise RuntimeError("the pool is stopping")
+        if not self.alive:
+            raise RuntimeError("the pool's supervisor is not running")
+        with self._lock:
+            if job.frame_id in self._running:
+                raise RuntimeError(f"frame {job.frame_id} is already running")
+            self._pending += 1
+        self._command("submit", job)
+
+    def cancel(self, frame_id: int, reason: str = "cancelled by request") -> bool:
+        with self._lock:
+            if frame_id not in self._running:
+                return False
+        self._command("cancel", frame_id, reason)
+        return True
+
+    def poll(self, timeout: float = 0.0) -> list[PoolEvent]:
+        out = []
+        try:
+            out.append(self._events.get(timeout=timeout) if timeout > 0 else self._events.get_nowait())
+        except queue.Empty:
+            return out
+        while True:
+            try:
+                out.append(self._events.get_nowait())
+            except queue.Empty:
+                return out
+
+    def running_ids(self) -> list[int]:
+        with self._lock:
+            return list(self._running)
+
+    def status(self) -> dict[str, Any]:
+        now = time.monotonic()
+        with self._lock:
+            running = [
+                {"frame_id": r.job.frame_id, "attempt": r.job.attempt, "pid": r.pid, "stage": r.phase,
+                 "seconds": round(now - r.started, 1), "stage_seconds": round(now - r.phase_started, 1)}
+                for r in self._running.values()
+            ]
+        return {"executor": self.name, "workers": self.workers, "running": running, "alive": self.alive,
+                "stage_timeout_seconds": self.stage_timeout, "stage_timeouts": self.stage_timeouts}
+
+    def configure(self, *, workers: int | None = None, stage_timeout: float | None = None,
+                  stage_timeouts: dict[str, float] | None = None, kill_grace: float | None = None) -> None:
+        with self._lock:
+            if workers is not None:
+                self.workers = max(1, int(workers))
+            if stage_timeout is not None:
+                self.stage_timeout = float(stage_timeout)
+            if stage_timeouts is not None:
+                self.stage_timeouts = dict(stage_timeouts)
+            if kill_grace is not None:
+                self.kill_grace = float(kill_grace)
+
+    def shutdown(self, grace: float) -> None:
+        if self._thread is None:
+            return
+        self._stopping = True
+        self._command("shutdown", float(grace))
+        self._thread.join()
+        self._thread = None
+
+    # -- supervisor thread -----------------------------------------------------------------
+    def _command(self, *cmd) -> None:
+        self._commands.put(cmd)
+        try:
+            os.write(self._wake_w, b"x")
+        except BlockingIOError:
+            pass
+
+    def _emit(self, kind: str, r: _Running, **kw) -> None:
+        self._events.put(PoolEvent(kind=kind, frame_id=r.job.frame_id, attempt=r.job.attempt, pid=r.pid, **kw))
+
+    def _timeout_for(self, phase: str) -> float:
+        return float(self.stage_timeouts.get(phase, self.stage_timeout))
+
+    def _supervise(self) -> None:
+        try:
+            while True:
+                self._handle_commands()
+                if self._stopping and not self._running and self._commands.empty():
+                    break
+                waitables = [self._wake_r]
+                for r in self._running.values():
+                    waitables.append(r.proc.sentinel)
+                    if r.conn is not None:
+                        waitables.append(r.conn)
+                ready = mpc.wait(waitables, timeout=0.2)
+                if self._wake_r in ready:
+                    try:
+                        os.read(self._wake_r, 4096)
+                    except BlockingIOError:
+                        pass
+                for r in list(self._running.values()):
+                    self._read_messages(r)
+                    if r.proc.sentinel in ready or not r.proc.is_alive():
+                        self._reap(r)
+                self._check_deadlines()
+        except Exception:
+            log.exception("pool: the supervisor failed; killing every frame process")
+            for r in list(self._running.values()):
+                signal_group(r.pid, signal.SIGKILL)
+            raise
+        finally:
+            self._closed.set()
+
+    def _handle_commands(self) -> None:
+        while True:
+            try:
+                cmd, *args = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            if cmd == "submit":
+                self._start(args[0])
+            elif cmd == "cancel":
+                r = self._running.get(args[0])
+                if r is not None and r.outcome is None:
+                    r.outcome = ("cancelled", args[1])
+                    self._terminate(r)
+            elif cmd == "shutdown":
+                grace = args[0]
+                self._stop_by = time.monotonic() + grace
+                for r in self._running.values():
+                    self._ask_stop(r)
+
+    def _start(self, job: FrameJob) -> None:
+        parent_conn, child_conn = self._ctx.Pipe(duplex=True)
+        proc = self._ctx.Process(target=worker.main, args=(job.to_dict(), child_conn),
+                                 name=f"stdd-frame-{job.frame_id}", daemon=False)
+        now = time.monotonic()
+        r = _Running(job=job, proc=proc, conn=parent_conn, started=now, phase_started=now,
+                     deadline=now + self._timeout_for("prepare"))
+        try:
+            proc.start()
+        except Exception as e:
+            with self._lock:
+                self._pending -= 1
+            parent_conn.close()
+            child_conn.close()
+            self._events.put(PoolEvent(kind="lost", frame_id=job.frame_id, attempt=job.attempt, state="error",
+                                       error=f"could not start a frame process: {type(e).__name__}: {e}"))
+            return
+        child_conn.close()
+        r.pid = proc.pid
+        with self._lock:
+            self._pending -= 1
+            self._running[job.frame_id] = r
+        if self._stopping:
+            self._ask_stop(r)
+        log.debug("pool: frame=%d started pid=%s", job.frame_id, proc.pid)
+
+    def _read_messages(self, r: _Running) -> None:
+        while r.conn is not None:
+            try:
+                if not r.conn.poll():
+                    return
+                msg = r.conn.recv()
+            except (EOFError, OSError):
+                r.conn.close()
+                r.conn = None
+                return
+            self._on_message(r, msg)
+
+    def _on_message(self, r: _Running, msg: dict) -> None:
+        kind = msg.get("kind")
+        now = time.monotonic()
+        if kind == "stage_start":
+            r.phase, r.phase_started = msg["stage"], now
+            r.deadline = now + self._timeout_for(msg["stage"])
+            self._emit("stage_start", r, stage=msg["stage"], time=msg["time"])
+        elif kind == "stage_end":
+            self._emit("stage_end", r, stage=msg["stage"], state=msg.get("state"), error=msg.get("error"),
+                       seconds=msg.get("seconds"), data={"summary": msg.get("summary") or {}}, time=msg["time"])
+            r.phase, r.phase_started = "between stages", now
+            r.deadline = now + self._timeout_for("publish")
+        elif kind == "publishing":
+            r.phase, r.phase_started = "publish", now
+            r.deadline = now + self._timeout_for("publish")
+        elif kind in ("finished", "interrupted", "error"):
+            r.reported = msg
+
+    def _ask_stop(self, r: _Running) -> None:
+        """At shutdown: the chain stops before its next stage (the current one may finish)."""
+        if r.stop_sent or r.conn is None:
+            return
+        try:
+            r.conn.send("stop")
+            r.stop_sent = True
+        except OSError:
+            pass
+
+    def _terminate(self, r: _Running) -> None:
+        if r.kill_at is not None:
+            return
+        signal_group(r.pid, signal.SIGTERM)
+        r.kill_at = time.monotonic() + self.kill_grace
+
+    def _check_deadlines(self) -> None:
+        now = time.monotonic()
+        for r in list(self._running.values()):
+            if r.kill_at is not None:
+                if now >= r.kill_at:
+                    signal_group(r.pid, signal.SIGKILL)
+                continue
+            if self._stop_by is not None and now >= self._stop_by:
+                if r.outcome is None:
+                    r.outcome = ("interrupted", "stopped by the daemon's shutdown")
+                self._terminate(r)
+            elif now >= r.deadline and r.outcome is None:
+                limit = self._timeout_for(r.phase if r.phase not in ("between stages",) else "publish")
+                r.outcome = ("timeout", f"{r.phase} timed out after {limit:g} s; its process group was killed")
+                log.warning("pool: frame=%d %s", r.job.frame_id, r.outcome[1])
+                self._terminate(r)
+
+    def _reap(self, r: _Running) -> None:
+        r.proc.join(timeout=1)
+        if r.proc.exitcode is None:  # sentinel fired but not reaped yet: next round
+            return
+        self._read_messages(r)
+        # the leader is gone: nothing of its group may outlive it
+        signal_group(r.pid, signal.SIGKILL)
+        if r.conn is not None:
+            r.conn.close()
+        with self._lock:
+            self._running.pop(r.job.frame_id, None)
+        exitcode = r.proc.exitcode
+        try:
+            r.proc.close()
+        except Exception:
+            pass
+        msg = r.reported or {}
+        kind = msg.get("kind")
+        if kind == "finished":
+            self._emit("finished", r, state=msg.get("status") or "failed", error=msg.get("error"),
+                       data={"result": msg.get("result") or {}}, seconds=round(time.monotonic() - r.started, 3))
+        elif r.outcome is not None:
+            self._emit("lost", r, state=r.outcome[0], error=r.outcome[1], stage=r.phase)
+        elif kind == "interrupted":
+            self._emit("lost", r, state="interrupted", error="stopped between stages by the daemon's shutdown",
+                       stage=msg.get("stage"))
+        elif kind == "error":
+            self._emit("lost", r, state="error", error=f"{r.phase}: {msg.get('error')}", stage=r.phase,
+                       data={"trace": msg.get("trace")})
+        else:
+            where = r.phase if r.phase not in ("between stages",) else "between stages"
+            self._emit("lost", r, state="died", error=f"frame process {describe_exit(exitcode)} during {where}",
+                       stage=r.phase)

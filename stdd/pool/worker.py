@@ -1,0 +1,120 @@
+"""What runs in a frame's own process: prepare the folder, run the chain, publish.
+
+The process leads its own session and process group (`os.setsid`), so every program a stage
+starts is in the group the pool signals on a timeout or a cancel. It reports over its pipe:
+`begin`, `stage_start`/`stage_end` around each stage (the parent records stage runs and
+applies per-stage timeouts from them), then `finished` (the chain ran and its result was
+published), `interrupted` (asked to stop between stages at shutdown) or `error` (something
+outside the stages failed: the parent retries). If the parent dies, the kernel sends SIGTERM
+(PR_SET_PDEATHSIG) and the handler takes the whole group down, so nothing is left running.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from .executor import FrameJob
+from .procs import set_parent_death_signal
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def _on_term(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        os.killpg(0, signal.SIGTERM)  # the rest of the group (stage programs)
+    except OSError:
+        pass
+    os._exit(128 + signum)
+
+
+def main(job_data: dict[str, Any], conn) -> None:
+    """Entry point of the frame process (multiprocessing target)."""
+    try:
+        os.setsid()
+    except OSError:
+        pass
+    parent = os.getppid()
+    set_parent_death_signal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, _on_term)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the daemon, which decides
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+    def send(kind: str, **data) -> None:
+        conn.send({"kind": kind, "time": time.time(), **data})
+
+    job = FrameJob(**job_data)
+    try:
+        send("begin", pid=os.getpid())
+        folder = Path(job.work_dir)
+        prepare(job, folder)
+        from ..pipeline import publish, run_chain
+        from ..stages.base import StageSettings
+
+        settings = StageSettings.model_validate(job.stage_settings)
+
+        def on_stage(name: str, phase: str, res) -> None:
+            if phase == "start":
+                if conn.poll() and conn.recv() == "stop":
+                    raise _Interrupted(name)
+                send("stage_start", stage=name)
+            else:
+                send("stage_end", stage=name, state=res.state, error=res.error, seconds=res.seconds,
+                     summary=res.summary)
+
+        result = run_chain(folder, settings, job.steps, on_stage, functions=job.stage_functions or None)
+        send("publishing")
+        publish(folder, Path(job.result_dir), job.extra)
+        send("finished", status=result.get("status"), error=result.get("error"), result=result)
+    except _Interrupted as e:
+        send("interrupted", stage=str(e))
+    except BaseException as e:  # noqa: BLE001 - reported to the parent, which decides
+        try:
+            send("error", error=f"{type(e).__name__}: {e}", trace=traceback.format_exc())
+        except Exception:
+            pass
+        os._exit(1)
+    finally:
+        try:
+            conn.close()
+        except Exception:
+            pass
+
+
+def prepare(job: FrameJob, folder: Path) -> None:
+    """Make the work folder: a clean copy of the frame's exact bytes (or keep it for a
+    retry from a later stage). The frame's bytes come from the spool; if the spool copy is
+    gone they come back from the folder's own original, else from the source path, checked
+    against the frame's SHA-256."""
+    from ..pipeline import ORIGINAL_PREFIX, prepare_folder
+    from ..watch.files import copy_and_hash
+
+    spool = Path(job.source)
+    originals = sorted(folder.glob(f"{ORIGINAL_PREFIX}.*")) if folder.is_dir() else []
+    if not job.fresh and originals:
+        return
+    if not spool.is_file():
+        spool.parent.mkdir(parents=True, exist_ok=True)
+        if originals:
+            shutil.copyfile(originals[0], spool)
+        else:
+            origin = Path(job.origin)
+            if not origin.is_file():
+                raise FileNotFoundError(
+                    f"the frame's bytes are gone: no spool copy, no work folder, and {origin} does not exist")
+            tmp = spool.with_name(f".{spool.name}.{os.getpid()}")
+            sha, _ = copy_and_hash(origin, tmp)
+            if sha != job.sha256:
+                os.unlink(tmp)
+                raise FileNotFoundError(f"{origin} now holds other content (sha256 {sha[:12]}…), "
+                                        f"not this frame's ({job.sha256[:12]}…)")
+            os.replace(tmp, spool)
+    prepare_folder(spool, folder)
