@@ -56,3 +56,33 @@ def quick(folder: Path, settings) -> StageResult:
     """A second stage: proves the chain goes on and stage runs are recorded in order."""
     (Path(folder) / "quick.txt").write_text("ok\n")
     return StageResult(stage="photometry", summary={"n_stars_calib": 3}, products=["quick.txt"])
+
+
+def write_frame(path: Path, ident, size: int = 8, **cards) -> Path:
+    """A small real FITS file whose header carries the test behaviour (see the module doc)."""
+    import numpy as np
+    from astropy.io import fits
+
+    h = fits.Header()
+    h["T_ID"] = str(ident)
+    for k, v in cards.items():
+        h[k] = v
+    data = (np.arange(size * size, dtype="f4").reshape(size, size) + hash(str(ident)) % 1000)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fits.PrimaryHDU(data, h).writeto(path, overwrite=True)
+    return path
+
+
+def frame_bytes(ident, size: int = 8, **cards) -> bytes:
+    import io
+
+    import numpy as np
+    from astropy.io import fits
+
+    h = fits.Header()
+    h["T_ID"] = str(ident)
+    for k, v in cards.items():
+        h[k] = v
+    buf = io.BytesIO()
+    fits.PrimaryHDU(np.arange(size * size, dtype="f4").reshape(size, size), h).writeto(buf)
+    return buf.getvalue()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import gzip
 import math
 import os
+import warnings
 import zlib
 from dataclasses import dataclass
 from typing import BinaryIO, Literal
@@ -105,7 +106,9 @@ def _walk(fh: BinaryIO) -> int:
                 raise _Bad(f"HDU {index}: no END card in the first {len(raw) // BLOCK} header blocks")
             raw += _read_exact(fh, BLOCK, f"the header of HDU {index}")
         try:
-            header = Header.fromstring(bytes(raw).decode("ascii", errors="replace"))
+            with warnings.catch_warnings():  # non-standard cards (ESO-LOG ...) are not our concern here
+                warnings.simplefilter("ignore")
+                header = Header.fromstring(bytes(raw).decode("ascii", errors="replace"))
         except Exception as e:  # astropy raises several kinds for a corrupt header
             raise _Bad(f"HDU {index}: unreadable header: {e}") from None
         size = _data_size(header, index)
