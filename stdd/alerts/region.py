@@ -45,13 +45,13 @@ def scale_containment(radius: float, from_p: float, to_p: float = 0.9) -> float:
 def cap_area_deg2(radius_deg: float) -> float:
     """Area of a spherical cap of angular radius `radius_deg`, in square degrees."""
     r = math.radians(min(radius_deg, 180.0))
-    return 2 * math.pi * (1 - math.cos(r)) * (180 / math.pi) ** 2
+    return 4 * math.pi * math.sin(r / 2) ** 2 * (180 / math.pi) ** 2  # = 2π(1 - cos r), stable at small r
 
 
 def cap_radius_deg(area_deg2: float) -> float:
     """Angular radius of the spherical cap of area `area_deg2`."""
     sr = min(max(area_deg2, 0.0), FULL_SKY_DEG2) / (180 / math.pi) ** 2
-    return math.degrees(math.acos(max(-1.0, 1 - sr / (2 * math.pi))))
+    return math.degrees(2 * math.asin(min(1.0, math.sqrt(sr / (4 * math.pi)))))
 
 
 def angular_separation(ra1, dec1, ra2, dec2):
@@ -75,10 +75,10 @@ def _tangent_offsets(ra0, dec0, ra, dec):
 
 
 def _moc_depth(radius_deg: float) -> int:
-    """A MOC depth whose cells are ~1/8 of `radius_deg` (between 3 and 18)."""
+    """A MOC depth whose cells are ~1/16 of `radius_deg` (between 3 and 18)."""
     cell = 58.6 / 8  # deg, the size of a depth-3 cell is ~7.3 deg
     depth = 3
-    target = max(radius_deg, 1e-4) / 8
+    target = max(radius_deg, 1e-4) / 16
     while cell > target and depth < 18:
         cell /= 2
         depth += 1
@@ -89,6 +89,12 @@ def _moc_cone(ra: float, dec: float, radius_deg: float):
     import astropy.units as u
     from mocpy import MOC
 
+    if radius_deg >= 180.0:
+        return MOC.from_str("0/0-11")
+    if radius_deg > 90.0:  # large cones: the complement of the small cone around the antipode
+        inner = 180.0 - radius_deg
+        return MOC.from_cone(lon=((ra + 180.0) % 360.0) * u.deg, lat=-dec * u.deg, radius=inner * u.deg,
+                             max_depth=_moc_depth(inner)).complement()
     return MOC.from_cone(lon=ra * u.deg, lat=dec * u.deg, radius=max(radius_deg, 1e-5) * u.deg,
                          max_depth=_moc_depth(radius_deg))
 
@@ -127,6 +133,54 @@ def _point_in_polygon(x, y, px, py):
     return inside
 
 
+def _from_tangent(ra0: float, dec0: float, x, y):
+    """Inverse gnomonic projection: (x east, y north) degrees around (ra0, dec0) -> (ra, dec)."""
+    x, y = np.radians(np.asarray(x, dtype=float)), np.radians(np.asarray(y, dtype=float))
+    ra0r, dec0r = math.radians(ra0), math.radians(dec0)
+    rho = np.hypot(x, y)
+    c = np.arctan(rho)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        dec = np.arcsin(np.cos(c) * np.sin(dec0r) + np.where(rho > 0, y * np.sin(c) * np.cos(dec0r) / rho, 0.0))
+        ra = ra0r + np.arctan2(x * np.sin(c), rho * np.cos(dec0r) * np.cos(c) - y * np.sin(dec0r) * np.sin(c))
+    return np.degrees(ra) % 360.0, np.degrees(dec)
+
+
+def _circle_boundary(ra: float, dec: float, radius: float, n: int = 256):
+    t = np.linspace(0, 2 * np.pi, n, endpoint=False)
+    d = math.tan(math.radians(min(radius, 89.0)))
+    return _from_tangent(ra, dec, np.degrees(d * np.sin(t)), np.degrees(d * np.cos(t)))
+
+
+def _segments_cross(px, py, qx, qy) -> bool:
+    """Whether any edge of closed polygon P crosses any edge of closed polygon Q (tangent plane)."""
+    p1 = np.stack([px, py], axis=1)
+    p2 = np.roll(p1, -1, axis=0)
+    q1 = np.stack([qx, qy], axis=1)
+    q2 = np.roll(q1, -1, axis=0)
+
+    def orient(a, b, c):
+        return (b[..., 0] - a[..., 0]) * (c[..., 1] - a[..., 1]) - (b[..., 1] - a[..., 1]) * (c[..., 0] - a[..., 0])
+
+    A, B = p1[:, None, :], p2[:, None, :]
+    C, D = q1[None, :, :], q2[None, :, :]
+    d1, d2 = orient(C, D, A), orient(C, D, B)
+    d3, d4 = orient(A, B, C), orient(A, B, D)
+    return bool(np.any((d1 * d2 <= 0) & (d3 * d4 <= 0)))
+
+
+def _outlines_overlap(a_ra, a_dec, b_ra, b_dec, ra0: float, dec0: float) -> bool | None:
+    """Exact overlap of two closed outlines (great-circle edges) on the gnomonic plane at (ra0, dec0);
+    None when an outline reaches 80 deg or more from the projection centre."""
+    ax, ay = _tangent_offsets(ra0, dec0, a_ra, a_dec)
+    bx, by = _tangent_offsets(ra0, dec0, b_ra, b_dec)
+    lim = math.degrees(math.tan(math.radians(80)))
+    if not (np.all(np.hypot(ax, ay) < lim) and np.all(np.hypot(bx, by) < lim)):
+        return None
+    if _point_in_polygon(ax, ay, bx, by).any() or _point_in_polygon(bx, by, ax, ay).any():
+        return True
+    return _segments_cross(ax, ay, bx, by)
+
+
 def _validate_position(ra: float, dec: float) -> None:
     if not (math.isfinite(ra) and math.isfinite(dec)) or not -90 <= dec <= 90:
         raise RegionError(f"position out of range: ra={ra}, dec={dec}")
@@ -160,6 +214,9 @@ class Circle:
 
     def moc(self):
         return _moc_cone(self.ra, self.dec, self.radius90)
+
+    def outline(self, n: int = 256):
+        return _circle_boundary(self.ra, self.dec, self.radius90, n)
 
     def to_dict(self) -> dict:
         return {"kind": "circle", "ra": self.ra, "dec": self.dec, "radius": self.radius,
@@ -205,6 +262,15 @@ class Ellipse:
         u = x * math.sin(pa) + y * math.cos(pa)  # along the major axis
         v = x * math.cos(pa) - y * math.sin(pa)
         return (u / a) ** 2 + (v / b) ** 2 <= 1.0
+
+    def outline(self, n: int = 256):
+        a, b = self.axes90
+        t = np.linspace(0, 2 * np.pi, n, endpoint=False)
+        u_, v_ = a * np.cos(t), b * np.sin(t)  # along the major / minor axis (small-angle offsets)
+        pa = math.radians(self.pa)
+        x = u_ * math.sin(pa) + v_ * math.cos(pa)
+        y = u_ * math.cos(pa) - v_ * math.sin(pa)
+        return _from_tangent(self.ra, self.dec, x, y)
 
     def moc(self):
         import astropy.units as u
@@ -258,6 +324,9 @@ class Polygon:
 
     def moc(self):
         return _moc_polygon(self.corners, cap_radius_deg(self.area_deg2))
+
+    def outline(self, n: int = 0):
+        return np.array([c[0] for c in self.corners]), np.array([c[1] for c in self.corners])
 
     def to_dict(self) -> dict:
         return {"kind": "polygon", "corners": [list(c) for c in self.corners], "containment": self.containment,
@@ -335,7 +404,7 @@ class Skymap:
 
     @staticmethod
     def _flat_to_uniq(cols, names, header, ordering):
-        from astropy_healpix import ring_to_nested
+        from astropy_healpix.core import ring_to_nested
 
         col = next((n for n in ("PROB", "PROBABILITY", "PROBDENSITY") if n in names), names[0])
         values = np.asarray(cols[col], dtype=float).ravel()
@@ -475,6 +544,10 @@ class LiveRegion:
             return True
         if self.center[0] is not None and angular_separation(self.center[0], self.center[1], ra, dec) <= radius_deg:
             return True
+        if self._shape is not None and radius_deg < 80:
+            exact = _outlines_overlap(*self._shape.outline(), *_circle_boundary(ra, dec, radius_deg), ra, dec)
+            if exact is not None:
+                return exact
         return not self.moc().intersection(_moc_cone(ra, dec, radius_deg)).empty()
 
     def overlaps_polygon(self, corners: Iterable[Sequence[float]]) -> bool:
@@ -486,6 +559,10 @@ class LiveRegion:
         if self._shape is not None and bool(np.any(self._shape.contains([c[0] for c in corners],
                                                                           [c[1] for c in corners]))):
             return True
+        if self._shape is not None:
+            exact = _outlines_overlap(*self._shape.outline(), *poly.outline(), *poly.center)
+            if exact is not None:
+                return exact
         size = min(cap_radius_deg(poly.area_deg2), self.radius_deg)
         return not self.moc().intersection(_moc_polygon(corners, size)).empty()
 
