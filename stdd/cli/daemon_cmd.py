@@ -12,7 +12,12 @@ from .common import EXIT_FAILURE, get_settings
 def services_for(settings) -> list:
     """Services started and stopped with the daemon. The HTTP endpoint and the GCN alert
     consumer add themselves here when they exist."""
-    return []
+    services: list = []
+    if settings.http.enabled:
+        from ..http import HttpService
+
+        services.append(HttpService())
+    return services
 
 
 def register(cli: click.Group) -> None:

@@ -1,8 +1,230 @@
-"""Alert routes: GET /alerts, GET /alerts/{id}, POST /alerts (filled in against the alert store)."""
+"""Alert routes: GET /alerts, GET /alerts/{id}, POST /alerts.
+
+Design note: reads go to the alert tables through `AlertStore` on the endpoint's reader
+connections. "Frames covering" an alert are those the daemon linked to it (frames.alert_ids)
+plus those whose recorded footprint overlaps the alert's stored region (rebuilt as a
+`LiveRegion`, no skymap decoding), among frames taken from a visibility window before the
+alert until its live time ends; "candidates inside" are the transient candidates in those
+frames' result.json that fall in the region. A posted notice is parsed first (an unreadable
+one is a 400 and is not stored), then handed to the daemon's alert service in a thread, the
+same call the Kafka and drop-folder intakes make, so it is stored, de-duplicated, decided and
+acted on exactly like one from the stream.
+"""
 from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
+from ..pipeline import RESULT_FILE
+from ..store import FrameStore
+from ..store.alerts import AlertStore
+from ..store.stats import Stats
+from .app import (KEY_DAEMON, KEY_READS, MAX_LIMIT, HttpError, _int_param, _since_param,
+                  alert_handler, json_response)
+
+#: the columns of an alert in lists (the region, the parsed notice and any skymap are left out)
+LIST_KEYS = ("id", "ivorn", "event_id", "mission", "instrument", "notice_type", "role", "time", "ra", "dec",
+             "error_radius_deg", "retraction", "retracts", "actionable", "ignore_reason", "priority", "state",
+             "decision", "live_until", "received_at", "message_id")
+ALERT_STATES = ("live", "ignored", "retracted", "superseded", "expired", "cancel")
+MAX_OFFSET = 100_000
+MAX_COVERING = 200
+MAX_CANDIDATES = 1000
+MOC_SHOWN = 2000
+
+
+def _light(row: dict) -> dict:
+    return {k: row.get(k) for k in LIST_KEYS}
+
+
+def _bool_param(request: web.Request, name: str) -> bool | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return None
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes"):
+        return True
+    if value in ("0", "false", "no"):
+        return False
+    raise HttpError(400, f"{name} must be true or false, got {raw!r}")
+
+
+# -- reads (in a reader thread) -----------------------------------------------------------
+def _alert_list(reads, live: bool | None, state: str | None, since: float | None, limit: int, offset: int) -> dict:
+    db = reads.db()
+    store, stats = AlertStore(db), Stats(db)
+    now = time.time()
+    if live:
+        rows = [r for r in store.live_alerts(now) if since is None or (r.get("received_at") or 0) >= since]
+        if state:
+            rows = [r for r in rows if r.get("state") == state]
+        total = len(rows)
+        rows = rows[offset:offset + limit]
+    else:
+        rows = store.list_alerts(limit=offset + limit, since=since, state=state)[offset:]
+        total = stats.alerts_total(state=state, since=since)
+    nxt = offset + len(rows) if offset + len(rows) < total else None
+    return {"alerts": [_light(r) for r in rows], "total": total, "limit": limit, "offset": offset,
+            "next_offset": nxt}
+
+
+def _region_of(row: dict, forced_max: float):
+    from ..alerts.region import LiveRegion
+
+    region = row.get("region")
+    if not isinstance(region, dict):
+        return None
+    try:
+        return LiveRegion(row["id"], region, event_id=row.get("event_id"), mission=row.get("mission"),
+                          priority=row.get("priority") or 0, live_until=row.get("live_until"),
+                          forced_max_radius_deg=forced_max)
+    except Exception:  # noqa: BLE001 — an unusable stored region: show the alert without coverage
+        return None
+
+
+def _covers(region, frame: dict) -> bool:
+    try:
+        fp = frame.get("footprint")
+        if isinstance(fp, (dict, list)) and fp:
+            return bool(region.overlaps_footprint(fp))
+        if frame.get("ra") is not None and frame.get("dec") is not None:
+            return bool(region.overlaps(frame["ra"], frame["dec"], frame.get("radius") or 0.0))
+    except Exception:  # noqa: BLE001 — a malformed footprint covers nothing
+        return False
+    return False
+
+
+def _candidates_in(region, frame: dict) -> list[dict]:
+    out: list[dict] = []
+    for folder in (frame.get("result_dir"), frame.get("work_dir")):
+        if not folder:
+            continue
+        try:
+            result = json.loads((Path(folder) / RESULT_FILE).read_text())
+        except (OSError, ValueError):
+            continue
+        for kind in ("candidates_simple", "candidates_sub"):
+            for cand in result.get(kind) or []:
+                if not isinstance(cand, dict):
+                    continue
+                ra = cand.get("ra", cand.get("RA"))
+                dec = cand.get("dec", cand.get("Dec", cand.get("DEC")))
+                try:
+                    inside = region.contains(float(ra), float(dec))
+                except (TypeError, ValueError):
+                    continue
+                if inside:
+                    out.append({"frame_id": frame["id"], "kind": kind.split("_", 1)[1], **cand})
+        break
+    return out
+
+
+def _alert_detail(reads, alert_id: str, settings, full: bool) -> dict | None:
+    db = reads.db()
+    store = AlertStore(db)
+    row = store.get_alert(alert_id)
+    if row is None:
+        return None
+    region = row.get("region") if isinstance(row.get("region"), dict) else None
+    shown_region = dict(region) if region else None
+    if shown_region and not full and isinstance(shown_region.get("moc"), str) \
+            and len(shown_region["moc"]) > MOC_SHOWN:
+        shown_region["moc"] = shown_region["moc"][:MOC_SHOWN]
+        shown_region["moc_truncated"] = True
+    alert = {k: v for k, v in row.items() if k not in ("region", "skymap", "parsed")}
+    if full:
+        alert["parsed"] = row.get("parsed")
+    live = _region_of(row, settings.alerts.forced_photometry_max_radius_deg)
+    frames: dict[int, dict] = {f["id"]: f for f in FrameStore(db).list(alert_id=alert_id, limit=MAX_COVERING)}
+    if live is not None:
+        received = row.get("received_at") or time.time()
+        t0 = received - settings.alerts.visibility_window_hours * 3600
+        t1 = max(row.get("live_until") or 0, received + settings.alerts.live_hours * 3600)
+        for f in Stats(db).frames_with_position(t0, t1):
+            if f["id"] not in frames and len(frames) < MAX_COVERING and _covers(live, f):
+                frames[f["id"]] = f
+    candidates: list[dict] = []
+    if live is not None:
+        for f in frames.values():
+            candidates.extend(_candidates_in(live, f))
+            if len(candidates) >= MAX_CANDIDATES:
+                candidates = candidates[:MAX_CANDIDATES]
+                break
+    return {"alert": alert, "region": shown_region, "actions": store.actions_for_alert(alert_id),
+            "frames": sorted(frames.values(), key=lambda f: -f["id"]), "candidates": candidates}
+
+
+# -- handlers -----------------------------------------------------------------------------
+async def get_alerts(request: web.Request) -> web.Response:
+    live = _bool_param(request, "live")
+    state = request.query.get("state") or None
+    if state is not None and state not in ALERT_STATES:
+        raise HttpError(400, f"state must be one of {', '.join(ALERT_STATES)}, got {state!r}")
+    since = _since_param(request)
+    limit = _int_param(request, "limit", 100, 1, MAX_LIMIT)
+    offset = _int_param(request, "offset", 0, 0, MAX_OFFSET)
+    reads = request.app[KEY_READS]
+    return json_response(await reads.run(_alert_list, reads, live, state, since, limit, offset))
+
+
+async def get_alert(request: web.Request) -> web.Response:
+    alert_id = request.match_info["id"]
+    full = bool(_bool_param(request, "full"))
+    reads = request.app[KEY_READS]
+    detail = await reads.run(_alert_detail, reads, alert_id, request.app[KEY_DAEMON].settings, full)
+    if detail is None:
+        raise HttpError(404, f"no alert {alert_id!r}")
+    return json_response(detail)
+
+
+def _check_notice(raw: bytes, topic: str | None) -> None:
+    from ..alerts import NoticeError, parse_notice
+
+    try:
+        parse_notice(raw, topic)
+    except NoticeError as e:
+        raise HttpError(400, f"not a notice stdd can read: {e}") from None
+
+
+async def post_alert(request: web.Request) -> web.Response:
+    from ..alerts import IntakeMessage
+
+    topic = request.query.get("topic") or None
+    if topic is not None and (len(topic) > 249 or not topic.isprintable()):
+        raise HttpError(400, "topic must be a printable Kafka topic name of at most 249 characters")
+    raw = await request.read()
+    if not raw.strip():
+        raise HttpError(400, "the body must be a notice (GCN JSON or VOEvent XML)")
+    ctype = request.content_type or ""
+    if "json" in ctype:
+        try:
+            json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise HttpError(400, f"the body is not valid JSON: {e}") from None
+    daemon = request.app[KEY_DAEMON]
+    handler = alert_handler(daemon)
+    if handler is None:
+        raise HttpError(409, "alert handling is not running in this daemon (alerts.enabled = false)")
+    await asyncio.to_thread(_check_notice, raw, topic)
+    outcome = await asyncio.to_thread(handler.handle, IntakeMessage(value=raw, topic=topic, timestamp=time.time()))
+    if outcome.state == "error":
+        raise HttpError(400, f"not a notice stdd can read: {outcome.error}")
+    reprioritize = getattr(daemon, "reprioritize", None)
+    if outcome.state == "parsed" and outcome.decision is not None and outcome.decision.act and reprioritize:
+        await reprioritize()
+    reads = request.app[KEY_READS]
+    row = await reads.query(lambda db: AlertStore(db).get_alert(outcome.alert_id)) if outcome.alert_id else None
+    body: dict[str, Any] = {**outcome.to_dict(), "alert": _light(row) if row else None,
+                            "created": outcome.state == "parsed"}
+    return json_response(body, status=201 if outcome.state == "parsed" else 200)
+
 
 def add_routes(app: web.Application) -> None:
-    pass
+    app.router.add_get("/alerts", get_alerts)
+    app.router.add_post("/alerts", post_alert)
+    app.router.add_get("/alerts/{id}", get_alert)

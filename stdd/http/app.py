@@ -28,8 +28,10 @@ from typing import Any
 from aiohttp import web
 
 from .. import __version__
+from ..daemon import DaemonError, SubmitError
 from ..pipeline import RESULT_FILE, STAGE_NAMES
 from ..store import STATES, TERMINAL, EventLog, FrameStore
+from ..store.alerts import AlertStore
 from ..store.stats import Stats
 from . import auth, files, openapi, page
 from .lag import LagMonitor
@@ -100,26 +102,81 @@ async def call(fn, *args, **kwargs):
 
 
 def database_path(daemon) -> Path:
-    store = getattr(daemon, "store", None)
-    db = getattr(store, "db", None)
+    db = getattr(daemon, "db", None)
     if db is not None and getattr(db, "path", None):
         return Path(db.path)
-    return Path(daemon.settings.paths.database)
+    return Path(getattr(daemon, "db_path", None) or daemon.settings.paths.database)
+
+
+def workers_of(pool_status: dict | None) -> list[dict]:
+    """One entry per pool slot: what it runs (frame, stage, pid, seconds) or idle."""
+    if not pool_status:
+        return []
+    alive = bool(pool_status.get("alive", True))
+    running = list(pool_status.get("running") or [])
+    size = pool_status.get("workers")
+    size = max(int(size), len(running)) if isinstance(size, int) else len(running)
+    out = []
+    for i in range(size):
+        job = running[i] if i < len(running) else None
+        out.append({"name": f"slot-{i + 1}", "alive": alive, "busy": job is not None,
+                    "frame_id": job.get("frame_id") if job else None, "stage": job.get("stage") if job else None,
+                    "pid": job.get("pid") if job else None, "attempt": job.get("attempt") if job else None,
+                    "seconds": job.get("seconds") if job else None,
+                    "stage_seconds": job.get("stage_seconds") if job else None})
+    return out
 
 
 def snapshot(daemon) -> dict[str, Any]:
-    """The daemon's in-memory state, taken on the loop (cheap attribute reads only)."""
+    """The daemon's in-memory state, taken on the loop (attribute reads and the pool's status:
+    no database access, so it never blocks)."""
     started = getattr(daemon, "started_at", None)
-    status = daemon.pool_status() if hasattr(daemon, "pool_status") else {}
-    workers = list(status.get("workers", [])) if isinstance(status, dict) else list(status)
+    pool = daemon.pool.status() if getattr(daemon, "pool", None) is not None else None
+    intake = getattr(daemon, "intake", None)
+    watcher = getattr(intake, "watcher", None)
+    state = getattr(daemon, "state", "running")
     return {
         "version": __version__,
+        "state": state,
+        "paused": state == "paused",
+        "paused_reason": getattr(daemon, "paused_reason", None),
+        "pid": os.getpid(),
         "started_at": started,
-        "uptime_seconds": (time.time() - started) if started else None,
-        "paused": bool(getattr(daemon, "paused", False)),
-        "workers": workers,
-        "pool": {k: v for k, v in status.items() if k != "workers"} if isinstance(status, dict) else {},
+        "uptime_seconds": round(time.time() - started, 3) if started else None,
+        "workers": workers_of(pool),
+        "pool": pool,
+        "watcher_alive": bool(watcher is not None and watcher.alive),
+        "intake": {
+            "folders": [str(p) for p in daemon.settings.paths.incoming],
+            "watching": bool(watcher is not None and watcher.alive),
+            "settling": len(intake.tracker) if getattr(intake, "tracker", None) else 0,
+            "taken": getattr(intake, "taken", 0),
+        } if intake is not None else None,
     }
+
+
+def alert_handler(daemon):
+    """The daemon's alert service (something with `handle(IntakeMessage)`), or None when
+    alert handling is not running in this daemon."""
+    for svc in getattr(daemon, "services", []):
+        for candidate in (getattr(svc, "service", None), getattr(svc, "alert_service", None), svc):
+            if candidate is not None and callable(getattr(candidate, "handle", None)) \
+                    and hasattr(candidate, "live_regions"):
+                return candidate
+    return None
+
+
+def alert_stream_status(daemon) -> dict | None:
+    """The GCN stream's status (connected, last_heartbeat, ...) from the alert service, if any."""
+    for svc in getattr(daemon, "services", []):
+        for name in ("stream_status", "kafka_status"):
+            fn = getattr(svc, name, None)
+            if callable(fn):
+                return fn()
+        kafka = getattr(svc, "kafka", None)
+        if kafka is not None and callable(getattr(kafka, "status", None)):
+            return kafka.status()
+    return None
 
 
 # -- checks -------------------------------------------------------------------------------
@@ -135,30 +192,32 @@ async def health_checks(request: web.Request) -> dict[str, dict]:
     except Exception as e:  # noqa: BLE001 — any failure to read is "database down"
         checks["database"] = {"ok": False, "error": f"{type(e).__name__}: {e}"}
     snap = snapshot(daemon)
-    workers = snap["workers"]
-    dead = [w.get("name") for w in workers if not w.get("alive", True)]
-    expected = snap["pool"].get("size", len(workers))
-    checks["workers"] = {"ok": not dead and len(workers) >= (expected or 0) and bool(workers),
-                         "alive": len(workers) - len(dead), "expected": expected, "dead": dead}
-    watcher = getattr(daemon, "watcher_alive", None)
-    if callable(watcher):
-        alive = watcher()
-        checks["watcher"] = {"ok": bool(alive), "alive": bool(alive)}
-    stream = getattr(daemon, "alert_stream_status", None)
-    if callable(stream):
-        s = stream() or {}
-        if s.get("enabled", True):
+    pool = snap["pool"] or {}
+    pool_alive = bool(pool.get("alive", False))
+    checks["workers"] = {"ok": pool_alive and snap["state"] in ("running", "paused"),
+                         "pool_alive": pool_alive, "slots": len(snap["workers"]),
+                         "busy": sum(1 for w in snap["workers"] if w["busy"]), "state": snap["state"]}
+    checks["watcher"] = {"ok": snap["watcher_alive"], "alive": snap["watcher_alive"],
+                         "mode": "polling" if daemon.settings.watch.poll else "inotify"}
+    if daemon.settings.alerts.enabled:
+        s = alert_stream_status(daemon)
+        if s is None:
+            checks["alert_stream"] = {"ok": False, "connected": False,
+                                      "error": "alerts are enabled but no alert stream is running"}
+        else:
             beat = s.get("last_heartbeat")
             age = (time.time() - beat) if beat else None
-            ok = bool(s.get("connected")) and (age is None or age < HEARTBEAT_STALE_SECONDS
-                                                or not s.get("heartbeat_expected", True))
-            checks["alert_stream"] = {"ok": ok, "connected": bool(s.get("connected")),
-                                      "last_heartbeat": beat, "heartbeat_age_seconds": age,
-                                      **{k: v for k, v in s.items() if k not in ("connected", "last_heartbeat")}}
-        else:
-            checks["alert_stream"] = {"ok": True, "enabled": False}
-    checks["event_loop"] = {"ok": True, "lag_last_seconds": request.app[KEY_LAG].last,
-                            "lag_max_1m_seconds": request.app[KEY_LAG].max_recent(60)}
+            kafka = daemon.settings.alerts.kafka
+            expects_beat = bool(kafka.heartbeat_topic) and kafka.heartbeat_topic in kafka.topics
+            fresh = age is not None and age < HEARTBEAT_STALE_SECONDS
+            checks["alert_stream"] = {**{k: v for k, v in s.items() if isinstance(v, (str, int, float, bool))
+                                         or v is None},
+                                      "ok": bool(s.get("connected")) and (fresh or not expects_beat),
+                                      "connected": bool(s.get("connected")), "last_heartbeat": beat,
+                                      "heartbeat_age_seconds": round(age, 3) if age is not None else None}
+    lag = request.app[KEY_LAG]
+    checks["event_loop"] = {"ok": lag.running, "lag_last_seconds": lag.last,
+                            "lag_max_1m_seconds": lag.max_recent(60)}
     return checks
 
 
@@ -296,9 +355,6 @@ def _counts(reads: ReadPool) -> dict:
 async def get_health(request: web.Request) -> web.Response:
     checks = await health_checks(request)
     ok = all(c.get("ok") for c in checks.values())
-    request.app[KEY_METRICS].check.clear()
-    for name, c in checks.items():
-        request.app[KEY_METRICS].check.labels(name).set(1 if c.get("ok") else 0)
     return json_response({"ok": ok, "checks": checks, "version": __version__}, status=200 if ok else 503)
 
 
@@ -307,16 +363,14 @@ async def get_status(request: web.Request) -> web.Response:
     counts = await request.app[KEY_READS].run(_counts, request.app[KEY_READS])
     snap = snapshot(daemon)
     lag = request.app[KEY_LAG]
+    snap.pop("watcher_alive")
     return json_response({
-        "version": snap["version"],
-        "started_at": snap["started_at"],
-        "uptime_seconds": snap["uptime_seconds"],
-        "paused": snap["paused"],
+        **snap,
+        "database": str(database_path(daemon)),
         "frames": counts["frames"],
         "queue": {"depth": counts["frames"].get("queued", 0), "due": counts["queue_due"]},
-        "workers": snap["workers"],
-        "pool": snap["pool"],
         "event_loop": {"lag_last_seconds": lag.last, "lag_max_1m_seconds": lag.max_recent(60)},
+        "updated_at": time.time(),
     })
 
 
@@ -359,7 +413,7 @@ async def get_frame_file(request: web.Request) -> web.StreamResponse:
 
 async def post_frames(request: web.Request) -> web.Response:
     data = await _json_body(request)
-    _only_keys(data, {"path", "priority"})
+    _only_keys(data, {"path", "priority", "steps"})
     path = data.get("path")
     if not isinstance(path, str) or not path.strip():
         raise HttpError(400, "'path' must be a non-empty string")
@@ -368,12 +422,20 @@ async def post_frames(request: web.Request) -> web.Response:
     priority = data.get("priority", 0)
     if isinstance(priority, bool) or not isinstance(priority, int) or abs(priority) > 1_000_000:
         raise HttpError(400, "'priority' must be an integer between -1000000 and 1000000")
+    steps = data.get("steps")
+    if steps is not None:
+        if not isinstance(steps, list) or not steps or not all(isinstance(x, str) and x in STAGE_NAMES
+                                                                for x in steps):
+            raise HttpError(400, f"'steps' must be a non-empty list of stage names ({', '.join(STAGE_NAMES)})")
     daemon = request.app[KEY_DAEMON]
     roots = [Path(r) for r in daemon.settings.paths.incoming]
     target = await asyncio.to_thread(_allowed_path, path, roots)
-    kwargs = {"priority": priority} if priority else {}
-    frame, created = await call(daemon.submit, target, **kwargs)
-    return json_response({"frame": frame, "created": bool(created)}, status=201 if created else 200)
+    try:
+        frame = await call(daemon.submit, target, steps=steps, priority=priority)
+    except SubmitError as e:
+        raise HttpError(400, str(e)) from None
+    duplicate = bool(frame.pop("duplicate", False))
+    return json_response({"frame": frame, "created": not duplicate}, status=200 if duplicate else 201)
 
 
 def _allowed_path(path: str, roots: list[Path]) -> Path:
@@ -399,9 +461,15 @@ async def post_cancel(request: web.Request) -> web.Response:
         raise HttpError(404, f"no frame {frame_id}")
     if frame["state"] in TERMINAL:
         raise HttpError(409, f"frame {frame_id} is already {frame['state']}", state=frame["state"])
-    result = await call(request.app[KEY_DAEMON].cancel, frame_id)
+    try:
+        result = await call(request.app[KEY_DAEMON].cancel, frame_id)
+    except SubmitError as e:
+        raise HttpError(409, str(e)) from None
+    state = result.get("state") if isinstance(result, dict) else None
+    if state not in ("cancelled", "cancelling"):
+        raise HttpError(409, f"frame {frame_id} could not be cancelled: it is {state}", state=state)
     frame = await reads.run(_get_frame, reads, frame_id)
-    return json_response({"frame": frame, "result": result if isinstance(result, dict) else None})
+    return json_response({"frame": frame, "state": state}, status=200 if state == "cancelled" else 202)
 
 
 async def post_retry(request: web.Request) -> web.Response:
@@ -418,34 +486,52 @@ async def post_retry(request: web.Request) -> web.Response:
     if frame["state"] not in TERMINAL:
         raise HttpError(409, f"frame {frame_id} is {frame['state']}; only a finished frame can be retried",
                         state=frame["state"])
-    await call(request.app[KEY_DAEMON].retry, frame_id, from_stage)
+    try:
+        await call(request.app[KEY_DAEMON].retry, frame_id, from_stage)
+    except SubmitError as e:
+        raise HttpError(409, str(e)) from None
     frame = await reads.run(_get_frame, reads, frame_id)
     return json_response({"frame": frame})
 
 
 async def post_pause(request: web.Request) -> web.Response:
-    await _json_body(request, optional=True)
+    data = await _json_body(request, optional=True)
+    _only_keys(data, {"reason"})
+    reason = data.get("reason") or "paused by request (HTTP)"
+    if not isinstance(reason, str) or len(reason) > 500:
+        raise HttpError(400, "'reason' must be a string of at most 500 characters")
     daemon = request.app[KEY_DAEMON]
-    await call(daemon.pause)
-    return json_response({"paused": bool(getattr(daemon, "paused", True))})
+    if daemon.state not in ("running", "paused"):
+        raise HttpError(409, f"the daemon is {daemon.state}")
+    await call(daemon.pause, reason)
+    return json_response({"paused": daemon.state == "paused", "state": daemon.state,
+                          "paused_reason": daemon.paused_reason})
 
 
 async def post_resume(request: web.Request) -> web.Response:
     await _json_body(request, optional=True)
     daemon = request.app[KEY_DAEMON]
+    if daemon.state not in ("running", "paused"):
+        raise HttpError(409, f"the daemon is {daemon.state}")
     await call(daemon.resume)
-    return json_response({"paused": bool(getattr(daemon, "paused", False))})
+    return json_response({"paused": daemon.state == "paused", "state": daemon.state,
+                          "paused_reason": daemon.paused_reason})
 
 
 async def post_reload(request: web.Request) -> web.Response:
     await _json_body(request, optional=True)
-    result = await call(request.app[KEY_DAEMON].reload)
-    return json_response({"reloaded": True, **(result if isinstance(result, dict) else {})})
+    # reading and validating a small TOML file: quick, and reload() must run on the loop
+    ok, errors = await call(request.app[KEY_DAEMON].reload)
+    if not ok:
+        raise HttpError(409, "the config was not reloaded; the running settings stay", errors=errors)
+    return json_response({"reloaded": True, "errors": []})
 
 
 async def get_metrics(request: web.Request) -> web.Response:
     metrics, lag = request.app[KEY_METRICS], request.app[KEY_LAG]
-    metrics.update_from(snapshot(request.app[KEY_DAEMON]), lag)
+    snap = snapshot(request.app[KEY_DAEMON])
+    snap["checks"] = await health_checks(request)
+    metrics.update_from(snap, lag)
     body = await request.app[KEY_READS].run(metrics.render)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
@@ -454,10 +540,16 @@ async def get_openapi(request: web.Request) -> web.Response:
     return json_response(openapi.document(__version__))
 
 
+def _live_alerts(db) -> list[dict]:
+    from .alerts_routes import _light
+
+    return [_light(r) for r in AlertStore(db).live_alerts(time.time())[:50]]
+
+
 async def get_page(request: web.Request) -> web.Response:
     reads = request.app[KEY_READS]
     daemon = request.app[KEY_DAEMON]
-    data = await reads.run(page.gather, reads.db, limit=20)
+    data = await reads.run(page.gather, reads.db, limit=20, alerts=_live_alerts)
     data["snapshot"] = snapshot(daemon)
     return web.Response(text=page.render(data), content_type="text/html", charset="utf-8")
 
@@ -501,15 +593,6 @@ async def errors_middleware(request: web.Request, handler):
                                              if isinstance(e, web.HTTPMethodNotAllowed) else {}))
     except (ConnectionResetError, asyncio.CancelledError):
         raise
-    except LookupError as e:  # a daemon method reporting an unknown id
-        status = 404
-        return error_response(404, str(e).strip("'\""))
-    except PermissionError as e:
-        status = 403
-        return error_response(403, str(e))
-    except ValueError as e:  # a daemon method refusing a request it cannot carry out
-        status = 409
-        return error_response(409, str(e))
     except Exception as e:
         log.exception("HTTP %s %s failed", request.method, request.path)
         status = 500
@@ -565,12 +648,15 @@ def create_app(daemon, *, token: str | None = None) -> web.Application:
 
 
 class HttpService:
-    """The endpoint as a service of the daemon: `await start()`, `await stop()`, `url`."""
+    """The endpoint as one of the daemon's services (`stdd.daemon.hooks.Service`): the daemon
+    calls `await start(daemon)` once it is ready and `await stop()` before it closes the
+    database. `url` is where it listens (`http://host:port`, or `unix:/path`)."""
 
-    def __init__(self, daemon, *, token: str | None = None):
-        self.daemon = daemon
-        self.settings = daemon.settings.http
-        self.app = create_app(daemon, token=token)
+    name = "http"
+
+    def __init__(self, *, token: str | None = None):
+        self._token = token
+        self.app: web.Application | None = None
         self.runner: web.AppRunner | None = None
         self.url: str | None = None
 
@@ -582,27 +668,33 @@ class HttpService:
     def lag(self) -> LagMonitor:
         return self.app[KEY_LAG]
 
-    async def start(self) -> str:
+    async def start(self, daemon) -> None:
+        http = daemon.settings.http
+        self.app = create_app(daemon, token=self._token)
         self.runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await self.runner.setup()
-        sock = self.settings.unix_socket
-        if sock:
-            sock = Path(sock)
+        if http.unix_socket:
+            sock = Path(http.unix_socket)
             sock.parent.mkdir(parents=True, exist_ok=True)
             if sock.is_socket():
-                sock.unlink()  # left by a previous run (a live daemon holds the lock first)
+                sock.unlink()  # left by a previous run (the daemon's lock proves none is running)
             site: web.BaseSite = web.UnixSite(self.runner, str(sock))
             await site.start()
             os.chmod(sock, 0o600)
             self.url = f"unix:{sock}"
         else:
-            site = web.TCPSite(self.runner, self.settings.host, self.settings.port, reuse_address=True)
-            await site.start()
-            port = site._server.sockets[0].getsockname()[1] if site._server else self.settings.port
-            host = self.settings.host
+            site = web.TCPSite(self.runner, http.host, http.port, reuse_address=True)
+            try:
+                await site.start()
+            except OSError as e:
+                await self.runner.cleanup()
+                self.runner = None
+                raise DaemonError(f"the HTTP endpoint cannot listen on {http.host}:{http.port}: "
+                                  f"{e.strerror or e}") from None
+            port = site._server.sockets[0].getsockname()[1] if site._server else http.port  # port 0: the real one
+            host = http.host
             self.url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
         log.info("HTTP endpoint at %s", self.url)
-        return self.url
 
     async def stop(self) -> None:
         if self.runner is not None:

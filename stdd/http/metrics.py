@@ -102,15 +102,16 @@ class Metrics:
         self.paused.set(1 if snapshot.get("paused") else 0)
         self.info.labels(snapshot.get("version", "")).set(1)
         workers = snapshot.get("workers") or []
-        busy = sum(1 for w in workers if w.get("frame_id") is not None)
-        alive = sum(1 for w in workers if w.get("alive", True))
+        busy = sum(1 for w in workers if w.get("busy"))
+        alive = sum(1 for w in workers if w.get("alive"))
         self.workers.labels("total").set(len(workers))
         self.workers.labels("alive").set(alive)
         self.workers.labels("busy").set(busy)
         self.workers.labels("idle").set(max(0, alive - busy))
         for name, check in (snapshot.get("checks") or {}).items():
             self.check.labels(name).set(1 if check.get("ok") else 0)
-        age = snapshot.get("alert_heartbeat_age")
+        stream = (snapshot.get("checks") or {}).get("alert_stream") or {}
+        age = stream.get("heartbeat_age_seconds")
         self.alert_heartbeat_age.set(float("nan") if age is None else age)
         self.lag_last.set(lag.last)
         self.lag_max.labels("1m").set(lag.max_recent(60))

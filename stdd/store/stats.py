@@ -5,6 +5,7 @@ writes: every query is a count or a sum over a table, safe to run on a reader co
 """
 from __future__ import annotations
 
+import json
 from typing import Sequence
 
 from .database import Database
@@ -73,3 +74,35 @@ class Stats:
         sql = "SELECT COUNT(*) AS n FROM frames" + (" WHERE " + " AND ".join(where) if where else "")
         row = self.db.query_one(sql, params)
         return int(row["n"]) if row else 0
+
+    def alerts_total(self, state: str | None = None, since: float | None = None,
+                     live_at: float | None = None) -> int:
+        """How many alerts match the filters of GET /alerts (for paging)."""
+        where, params = [], []
+        if state:
+            where.append("state = ?")
+            params.append(state)
+        if since is not None:
+            where.append("received_at >= ?")
+            params.append(since)
+        if live_at is not None:
+            where.append("state = 'live' AND live_until > ? AND region IS NOT NULL")
+            params.append(live_at)
+        sql = "SELECT COUNT(*) AS n FROM alerts" + (" WHERE " + " AND ".join(where) if where else "")
+        row = self.db.query_one(sql, params)
+        return int(row["n"]) if row else 0
+
+    def frames_with_position(self, t0: float, t1: float, limit: int = 5000) -> list[dict]:
+        """Frames with a sky position recorded, created in [t0, t1] (newest first): the
+        candidates for "frames covering an alert's region"."""
+        rows = self.db.query(
+            "SELECT * FROM frames WHERE ra IS NOT NULL AND dec IS NOT NULL AND created_at BETWEEN ? AND ?"
+            " ORDER BY id DESC LIMIT ?", (t0, t1, limit))
+        for row in rows:
+            for key in ("footprint", "alert_ids", "steps", "options"):
+                if row.get(key):
+                    try:
+                        row[key] = json.loads(row[key])
+                    except (TypeError, ValueError):
+                        pass
+        return rows
