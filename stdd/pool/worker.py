@@ -5,14 +5,19 @@ starts is in the group the pool signals on a timeout or a cancel. It reports ove
 `begin`, `stage_start`/`stage_end` around each stage (the parent records stage runs and
 applies per-stage timeouts from them), then `finished` (the chain ran and its result was
 published), `interrupted` (asked to stop between stages at shutdown) or `error` (something
-outside the stages failed: the parent retries). If the parent dies, the kernel sends SIGTERM
-(PR_SET_PDEATHSIG) and the handler takes the whole group down, so nothing is left running.
+outside the stages failed: the parent retries).
+
+If the daemon dies (even by SIGKILL) nothing of the frame may go on running: a thread watches
+the pipe, and its end (EOF) takes the whole group down; and as the fork server exits when the
+daemon goes, the kernel's parent-death signal (PR_SET_PDEATHSIG → SIGTERM) does the same. For
+the fork server to notice, the frame process closes its copy of the server's "alive" pipe.
 """
 from __future__ import annotations
 
 import os
 import shutil
 import signal
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -48,6 +53,11 @@ def main(job_data: dict[str, Any], conn) -> None:
     if os.getppid() != parent:  # the parent died before prctl took effect
         os._exit(1)
 
+    _close_forkserver_alive_fd()
+    stop = threading.Event()
+    finished = threading.Event()
+    threading.Thread(target=_watch_parent, args=(conn, stop, finished), name="parent-watch", daemon=True).start()
+
     def send(kind: str, **data) -> None:
         conn.send({"kind": kind, "time": time.time(), **data})
 
@@ -63,7 +73,7 @@ def main(job_data: dict[str, Any], conn) -> None:
 
         def on_stage(name: str, phase: str, res) -> None:
             if phase == "start":
-                if conn.poll() and conn.recv() == "stop":
+                if stop.is_set():
                     raise _Interrupted(name)
                 send("stage_start", stage=name)
             else:
@@ -73,20 +83,45 @@ def main(job_data: dict[str, Any], conn) -> None:
         result = run_chain(folder, settings, job.steps, on_stage, functions=job.stage_functions or None)
         send("publishing")
         publish(folder, Path(job.result_dir), job.extra)
+        finished.set()
         send("finished", status=result.get("status"), error=result.get("error"), result=result)
     except _Interrupted as e:
+        finished.set()
         send("interrupted", stage=str(e))
     except BaseException as e:  # noqa: BLE001 - reported to the parent, which decides
+        finished.set()
         try:
             send("error", error=f"{type(e).__name__}: {e}", trace=traceback.format_exc())
         except Exception:
             pass
         os._exit(1)
-    finally:
-        try:
-            conn.close()
-        except Exception:
-            pass
+    os._exit(0)  # the pipe closes with the process; no interpreter teardown needed
+
+
+def _watch_parent(conn, stop: threading.Event, finished: threading.Event) -> None:
+    """Read the parent's messages ("stop" = end after the current stage); EOF = the daemon
+    is gone: take the group down."""
+    try:
+        while True:
+            if conn.recv() == "stop":
+                stop.set()
+    except (EOFError, OSError):
+        if not finished.is_set():
+            _on_term(signal.SIGTERM, None)
+
+
+def _close_forkserver_alive_fd() -> None:
+    """A frame process inherits the write end of the fork server's "alive" pipe; holding it
+    would keep the server (and so the parent-death signal) alive after the daemon died."""
+    try:
+        from multiprocessing import forkserver
+
+        fd = forkserver._forkserver._forkserver_alive_fd
+        if fd is not None:
+            os.close(fd)
+            forkserver._forkserver._forkserver_alive_fd = None
+    except (AttributeError, OSError):
+        pass
 
 
 def prepare(job: FrameJob, folder: Path) -> None:
