@@ -1,0 +1,231 @@
+"""What every measure shares: the run context, results with reasons, statistics, process memory.
+
+A measure is a function `measure(ctx) -> dict[key, Value]`. A `Value` holds the number (or None),
+the reason when it is None, a note (what limits it when a goal is missed), the individual runs it
+was made of, and any context figures. Statistics are medians; percentiles use the nearest-rank
+method (stdd.http.loadcheck.percentile), the same for every key.
+"""
+from __future__ import annotations
+
+import cProfile
+import io
+import math
+import os
+import pstats
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Value:
+    value: float | int | None
+    reason: str | None = None          # why the value is None
+    note: str | None = None            # what limits it, how it was measured
+    runs: list[Any] = field(default_factory=list)
+    context: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def missing(cls, reason: str, **context: Any) -> "Value":
+        return cls(None, reason=reason, context=context)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"value": finite(self.value), "reason": self.reason, "note": self.note,
+                "runs": finite(self.runs), "context": finite(self.context)}
+
+
+class Unavailable(Exception):
+    """A measure cannot run here (a component missing, a binary absent): its keys become null."""
+
+
+@dataclass
+class Context:
+    quick: bool
+    work: Path                         # scratch folder for this run (frames, daemons, databases)
+    log: Callable[[str], None] = print
+    python: str = sys.executable
+    repeats: int = 1                   # side-by-side repeats for the ratio measures
+    shared: dict[str, Any] = field(default_factory=dict)  # results one measure leaves for another
+
+    def folder(self, name: str) -> Path:
+        p = self.work / name
+        p.mkdir(parents=True, exist_ok=True)
+        return p
+
+
+# ---------------------------------------------------------------- numbers
+
+def finite(o: Any) -> Any:
+    """JSON has no NaN or infinity: those become null; numpy scalars become Python numbers."""
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if isinstance(o, dict):
+        return {str(k): finite(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [finite(v) for v in o]
+    if isinstance(o, Path):
+        return str(o)
+    if hasattr(o, "item") and getattr(o, "ndim", 0) == 0 and not isinstance(o, (str, bytes)):
+        return finite(o.item())
+    return o
+
+
+def median(values) -> float | None:
+    vals = [v for v in values if v is not None and math.isfinite(v)]
+    return statistics.median(vals) if vals else None
+
+
+def percentile(values, q: float) -> float | None:
+    """Nearest-rank percentile (q in 0..100), as the endpoint's load check computes it."""
+    vals = sorted(v for v in values if v is not None and math.isfinite(v))
+    if not vals:
+        return None
+    rank = max(1, math.ceil(q / 100 * len(vals)))
+    return vals[rank - 1]
+
+
+def rnd(v: float | None, nd: int = 3) -> float | None:
+    return None if v is None or not math.isfinite(v) else round(float(v), nd)
+
+
+class Stopwatch:
+    def __enter__(self):
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self.t0
+
+
+def profile_top(fn: Callable[[], Any], n: int = 15) -> tuple[Any, str]:
+    """Run `fn` under cProfile; return (its result, the top `n` functions by cumulative time)."""
+    prof = cProfile.Profile()
+    result = prof.runcall(fn)
+    buf = io.StringIO()
+    pstats.Stats(prof, stream=buf).strip_dirs().sort_stats("cumulative").print_stats(n)
+    return result, _trim_profile(buf.getvalue())
+
+
+def _trim_profile(text: str) -> str:
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if line.strip().startswith("ncalls"):
+            return "\n".join(lines[i:]).rstrip()
+    return text.strip()
+
+
+# ---------------------------------------------------------------- processes and memory
+
+def _status_kb(pid: int, field_name: str) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith(field_name + ":"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def rss_mb(pid: int) -> float | None:
+    kb = _status_kb(pid, "VmRSS")
+    return None if kb is None else kb / 1024
+
+
+def hwm_mb(pid: int) -> float | None:
+    """The process's own peak resident set (VmHWM)."""
+    kb = _status_kb(pid, "VmHWM")
+    return None if kb is None else kb / 1024
+
+
+def _stat(pid: int) -> list[str] | None:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            text = fh.read()
+    except OSError:
+        return None
+    return text[text.rfind(")") + 2:].split()
+
+
+def process_name(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            parts = fh.read().split(b"\0")
+        return " ".join(p.decode(errors="replace") for p in parts if p)[:160]
+    except OSError:
+        return "?"
+
+
+def descendants(pid: int) -> list[int]:
+    """`pid` and every live descendant (from /proc parent links)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        st = _stat(int(entry))
+        if st and st[0] != "Z":
+            children.setdefault(int(st[1]), []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def session_members(sid: int) -> list[int]:
+    """Live processes whose session id is `sid` (a frame process and the programs it started)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        st = _stat(int(entry))
+        if st and st[0] != "Z" and int(st[3]) == sid:
+            out.append(int(entry))
+    return out
+
+
+def tree_rss_mb(pid: int) -> dict[str, Any]:
+    """RSS of a process tree: total and per process."""
+    procs = []
+    for p in descendants(pid):
+        r = rss_mb(p)
+        if r is not None:
+            procs.append({"pid": p, "rss_mb": round(r, 1), "cmd": process_name(p)})
+    return {"total_mb": round(sum(p["rss_mb"] for p in procs), 1), "processes": procs}
+
+
+def environment() -> dict[str, Any]:
+    """What the numbers were measured on (they are meaningless without it)."""
+    import platform
+    import shutil
+    import subprocess
+
+    def version(mod: str) -> str | None:
+        try:
+            from importlib.metadata import version as v
+
+            return v(mod)
+        except Exception:
+            return None
+
+    try:
+        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, timeout=10).stdout.strip() or None
+        dirty = bool(subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+                                    capture_output=True, text=True, timeout=10).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = None, None
+    return {
+        "cpus": os.cpu_count(), "loadavg": [round(x, 2) for x in os.getloadavg()],
+        "python": platform.python_version(), "platform": platform.platform(),
+        "stdd_commit": commit, "stdd_tree_dirty": dirty,
+        "stdpipe": version("stdpipe"), "numpy": version("numpy"), "astropy": version("astropy"),
+        "hotpants": shutil.which("hotpants"), "source-extractor": shutil.which("source-extractor"),
+        "scamp": shutil.which("scamp"), "swarp": shutil.which("swarp") or shutil.which("SWarp"),
+    }
