@@ -73,6 +73,10 @@ class PoolSettings(Section):
         default_factory=dict, description="tests and experiments: replace a stage's function, name -> module:callable"
     )
     dask_scheduler: str | None = None
+    dask_path_map: dict[str, str] = Field(
+        default_factory=dict,
+        description="executor = dask: daemon-side path prefix -> the same folder as Dask workers see it",
+    )
 
     @property
     def effective_workers(self) -> int:

@@ -235,6 +235,7 @@ class Daemon:
         self._apply(old, new)
         log.info("reload: %s loaded", self.config_path)
         self.events.add("daemon.reloaded", f"config {self.config_path} reloaded")
+        self._write_status()
         self.notifier.notify(READY=1, STATUS=self._status_line())
         return True, []
 
@@ -502,6 +503,7 @@ class Daemon:
             work_dir=str(work_dir), result_dir=str(result_dir), steps=steps,
             fresh=not options.get("keep_folder"), stage_settings=stage_settings.model_dump(mode="json"),
             stage_functions=dict(s.pool.stage_functions), extra=frame_extra(frame),
+            priority=int(frame.get("priority") or 0),
         )
 
     async def _pump_loop(self) -> None:

@@ -9,4 +9,8 @@ def make_executor(pool_settings) -> Executor:
     """The executor named by `[pool] executor`."""
     if pool_settings.executor == "local":
         return LocalPool.from_settings(pool_settings)
+    if pool_settings.executor == "dask":
+        from .dask import DaskExecutor  # imported only when chosen: distributed is an optional extra
+
+        return DaskExecutor.from_settings(pool_settings)
     raise ValueError(f"pool.executor = {pool_settings.executor!r} is not available in this build; use \"local\"")

@@ -39,6 +39,7 @@ class FrameJob:
     stage_settings: dict[str, Any] = field(default_factory=dict)
     stage_functions: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)  # added to result.json
+    priority: int = 0         # the frame's queue priority (the Dask executor passes it on to Dask)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
