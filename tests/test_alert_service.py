@@ -86,6 +86,11 @@ def test_lvk_alert_region_and_retraction_cancels(env):
     assert region.kind == "skymap" and region.priority == 42 and region.live_until > t0 + 47 * 3600
     assert region.contains(200.0, -40.0) and not region.contains(20.0, 40.0)
     assert region.overlaps(201.0, -41.0, 0.5) and not region.overlaps(20.0, 40.0, 5.0)
+    assert [r.alert_id for r in service.regions_for_footprint({"ra": 201.0, "dec": -41.0, "radius": 0.5})] == \
+        [prelim.alert_id]
+    assert service.regions_for_footprint([(20, 40), (21, 40), (21, 41), (20, 41)]) == []
+    assert service.alerts_at(200.0, -40.0) == [prelim.alert_id]
+    assert service.alerts_at([200.0, 20.0], [-40.0, 40.0]) == [[prelim.alert_id], []]
     retraction = service.handle(IntakeMessage(make_gwalert("S260102cd", alert_type="RETRACTION"), "igwn.gwalert", 0, 2))
     retraction.wait(30)
     assert retraction.decision.kind == "cancel" and len(retraction.action_ids) == 1

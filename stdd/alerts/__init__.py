@@ -17,6 +17,8 @@ Handling messages end to end (store → parse → dedupe → decide → act → 
     outcome.decision    # Decision(act, kind=observe|cancel|ignore, reason, priority, actions, visibility)
     # actions run on the service's own thread pool; a retraction runs "cancel" through the same actions
     service.live_regions(now) -> list[LiveRegion]   # highest priority first
+    service.regions_for_footprint({'ra':..,'dec':..,'radius':..} | corners, now) -> overlapping LiveRegions
+    service.alerts_at(ra, dec, now) -> alert ids containing each position (candidate flags)
     service.expire(now); service.status(); service.close()
 
 A LiveRegion (one live alert's 90 % region; skymaps as their credible-area MOC)::

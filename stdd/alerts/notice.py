@@ -83,9 +83,7 @@ class Alert:
             return region_to_dict(self.skymap, self.credible_level)
         if self.region is not None:
             return region_to_dict(self.region)
-        if self.ra is not None and self.dec is not None:
-            return None
-        return None
+        return None  # a position without an error region (or none at all): nothing to match frames against
 
     def to_dict(self, *, actionable: bool | None = None, ignore_reason: str | None = None) -> dict[str, Any]:
         """The JSON form (`stdd alert parse --json`, action payloads, the alerts table)."""

@@ -230,6 +230,26 @@ class AlertService:
                 log.warning("alert %s: stored region unusable: %s", row["id"], e)
         return out
 
+    def regions_for_footprint(self, footprint, now: float | None = None,
+                              regions: list[LiveRegion] | None = None) -> list[LiveRegion]:
+        """Live regions a frame footprint overlaps ({'ra','dec','radius'} or corners), highest priority first."""
+        regions = self.live_regions(now) if regions is None else regions
+        return [r for r in regions if r.overlaps_footprint(footprint)]
+
+    def alerts_at(self, ra, dec, now: float | None = None, regions: list[LiveRegion] | None = None):
+        """For each (ra, dec) — scalars or arrays — the ids of the live alerts whose region contains it."""
+        import numpy as np
+
+        regions = self.live_regions(now) if regions is None else regions
+        scalar = np.ndim(ra) == 0
+        ra_a, dec_a = np.atleast_1d(np.asarray(ra, dtype=float)), np.atleast_1d(np.asarray(dec, dtype=float))
+        out: list[list[str]] = [[] for _ in range(ra_a.size)]
+        for r in regions:
+            inside = np.atleast_1d(r.contains(ra_a, dec_a))
+            for i in np.flatnonzero(inside):
+                out[i].append(r.alert_id)
+        return out[0] if scalar else out
+
     def expire(self, now: float | None = None) -> int:
         return self.store.expire(self.clock() if now is None else now)
 
