@@ -103,7 +103,20 @@ def measure_latency(bootstrap: str, workdir: str | Path, n: int = 50, action: st
         intake.stop()
         service.close()
         db.close()
+    # what a rule with require_visible adds per alert (astropy Sun/Moon/target over the window)
+    from .parse import parse_notice
+    from .policy import Policy
+
+    policy = Policy(settings.alerts, settings.site)
+    alert = parse_notice(swift_voevent(base))
+    policy.visibility(alert, time.time())  # imports, ephemeris set-up
+    vis = []
+    for _ in range(10):
+        t0 = time.perf_counter()
+        policy.visibility(alert, time.time())
+        vis.append((time.perf_counter() - t0) * 1000)
     return {
+        "visibility_check_ms": _percentile(vis, 0.5),
         "n": len(latencies), "missing": missing, "action": action,
         "p50_ms": _percentile(latencies, 0.5), "p90_ms": _percentile(latencies, 0.9),
         "p99_ms": _percentile(latencies, 0.99), "max_ms": max(latencies) if latencies else float("nan"),
