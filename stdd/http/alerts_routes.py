@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ LIST_KEYS = ("id", "ivorn", "event_id", "mission", "instrument", "notice_type", 
              "decision", "live_until", "received_at", "message_id")
 ALERT_STATES = ("live", "ignored", "retracted", "superseded", "expired", "cancel")
 MAX_OFFSET = 100_000
+TOPIC_RE = re.compile(r"[A-Za-z0-9._-]{1,249}")
 MAX_COVERING = 200
 MAX_CANDIDATES = 1000
 MOC_SHOWN = 2000
@@ -44,7 +46,7 @@ def _light(row: dict) -> dict:
 
 def _bool_param(request: web.Request, name: str) -> bool | None:
     raw = request.query.get(name)
-    if raw is None or raw == "":
+    if raw is None:
         return None
     value = raw.strip().lower()
     if value in ("1", "true", "yes"):
@@ -162,7 +164,7 @@ def _alert_detail(reads, alert_id: str, settings, full: bool) -> dict | None:
 # -- handlers -----------------------------------------------------------------------------
 async def get_alerts(request: web.Request) -> web.Response:
     live = _bool_param(request, "live")
-    state = request.query.get("state") or None
+    state = request.query.get("state")
     if state is not None and state not in ALERT_STATES:
         raise HttpError(400, f"state must be one of {', '.join(ALERT_STATES)}, got {state!r}")
     since = _since_param(request)
@@ -194,9 +196,9 @@ def _check_notice(raw: bytes, topic: str | None) -> None:
 async def post_alert(request: web.Request) -> web.Response:
     from ..alerts import IntakeMessage
 
-    topic = request.query.get("topic") or None
-    if topic is not None and (len(topic) > 249 or not topic.isprintable()):
-        raise HttpError(400, "topic must be a printable Kafka topic name of at most 249 characters")
+    topic = request.query.get("topic")
+    if topic is not None and not TOPIC_RE.fullmatch(topic):
+        raise HttpError(400, "topic must be a Kafka topic name: 1 to 249 of A-Z a-z 0-9 . _ -")
     raw = await request.read()
     if not raw.strip():
         raise HttpError(400, "the body must be a notice (GCN JSON or VOEvent XML)")

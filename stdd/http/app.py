@@ -20,12 +20,14 @@ import json
 import logging
 import math
 import os
+import re
 import time
 import urllib.parse
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from .. import __version__
 from ..daemon import DaemonError, SubmitError
@@ -42,6 +44,7 @@ log = logging.getLogger(__name__)
 
 MAX_BODY = 8 * 1024 * 1024  # LVK notices with skymaps reach ~4 MiB
 MAX_LIMIT = 1000
+MAX_OFFSET = 1_000_000_000
 MAX_SQLITE_INT = 2**63 - 1
 HEARTBEAT_STALE_SECONDS = 120.0
 
@@ -224,7 +227,7 @@ async def health_checks(request: web.Request) -> dict[str, dict]:
 # -- parameters ---------------------------------------------------------------------------
 def _int_param(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
     raw = request.query.get(name)
-    if raw is None or raw == "":
+    if raw is None:
         return default
     try:
         value = int(raw)
@@ -237,7 +240,7 @@ def _int_param(request: web.Request, name: str, default: int, lo: int, hi: int) 
 
 def _since_param(request: web.Request) -> float | None:
     raw = request.query.get("since")
-    if raw is None or raw == "":
+    if raw is None:
         return None
     try:
         value = float(raw)
@@ -246,13 +249,14 @@ def _since_param(request: web.Request) -> float | None:
         return value
     except ValueError:
         pass
+    text = re.sub(r"(T\d\d:\d\d):60", r"\1:59", raw.strip().upper()).replace("Z", "+00:00")  # a leap second
     try:
-        when = dt.datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
+        when = dt.datetime.fromisoformat(text)
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=dt.timezone.utc)
+        return when.timestamp()
+    except (ValueError, OverflowError):
         raise HttpError(400, f"since must be Unix seconds or an ISO 8601 time, got {raw!r}") from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.timezone.utc)
-    return when.timestamp()
 
 
 def _frame_id(request: web.Request) -> int:
@@ -375,13 +379,13 @@ async def get_status(request: web.Request) -> web.Response:
 
 
 async def get_frames(request: web.Request) -> web.Response:
-    state = request.query.get("state") or None
+    state = request.query.get("state")
     if state is not None and state not in STATES:
         raise HttpError(400, f"state must be one of {', '.join(STATES)}, got {state!r}")
     since = _since_param(request)
     alert = request.query.get("alert") or None
     limit = _int_param(request, "limit", 100, 1, MAX_LIMIT)
-    offset = _int_param(request, "offset", 0, 0, MAX_SQLITE_INT)
+    offset = _int_param(request, "offset", 0, 0, MAX_OFFSET)
     reads = request.app[KEY_READS]
     return json_response(await reads.run(_frame_list, reads, state, since, alert, limit, offset))
 
@@ -477,7 +481,7 @@ async def post_retry(request: web.Request) -> web.Response:
     data = await _json_body(request, optional=True)
     _only_keys(data, {"from_stage"})
     from_stage = data.get("from_stage")
-    if from_stage is not None and (not isinstance(from_stage, str) or from_stage not in STAGE_NAMES):
+    if "from_stage" in data and (not isinstance(from_stage, str) or from_stage not in STAGE_NAMES):
         raise HttpError(400, f"from_stage must be one of {', '.join(STAGE_NAMES)}, got {from_stage!r}")
     reads = request.app[KEY_READS]
     frame = await reads.run(_get_frame, reads, frame_id)
@@ -497,9 +501,10 @@ async def post_retry(request: web.Request) -> web.Response:
 async def post_pause(request: web.Request) -> web.Response:
     data = await _json_body(request, optional=True)
     _only_keys(data, {"reason"})
-    reason = data.get("reason") or "paused by request (HTTP)"
+    reason = data.get("reason", "paused by request (HTTP)")
     if not isinstance(reason, str) or len(reason) > 500:
         raise HttpError(400, "'reason' must be a string of at most 500 characters")
+    reason = reason.strip() or "paused by request (HTTP)"
     daemon = request.app[KEY_DAEMON]
     if daemon.state not in ("running", "paused"):
         raise HttpError(409, f"the daemon is {daemon.state}")
@@ -588,9 +593,12 @@ async def errors_middleware(request: web.Request, handler):
         status = e.status
         if e.status < 400:
             raise
-        return error_response(e.status, e.reason if e.text is None or e.text.startswith(f"{e.status}:")
-                              else e.text, **({"allowed": sorted(e.allowed_methods)}
-                                             if isinstance(e, web.HTTPMethodNotAllowed) else {}))
+        if isinstance(e, web.HTTPMethodNotAllowed):
+            resp = error_response(e.status, f"{request.method} is not allowed here",
+                                  allowed=sorted(e.allowed_methods))
+            resp.headers["Allow"] = ", ".join(sorted(e.allowed_methods))
+            return resp
+        return error_response(e.status, e.reason)
     except (ConnectionResetError, asyncio.CancelledError):
         raise
     except Exception as e:
@@ -602,10 +610,32 @@ async def errors_middleware(request: web.Request, handler):
         metrics.request_seconds.labels(route).observe(time.monotonic() - t0)
 
 
+class _BadRequestLog(logging.Filter):
+    """aiohttp logs a malformed request (bad header bytes, a broken request line) with a full
+    traceback; it has already answered 400, so one warning line is enough."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            first = str(exc.message).strip().splitlines()[0] if exc.message else ""
+            record.args = (record.getMessage(), exc.code, first)
+            record.msg = "%s: malformed HTTP request answered %s: %s"
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+_BAD_REQUEST_LOG = _BadRequestLog()
+
+
 # -- the app ------------------------------------------------------------------------------
 def create_app(daemon, *, token: str | None = None) -> web.Application:
     """The endpoint for `daemon`. `token` defaults to the env var / token file (made if missing)."""
     http = daemon.settings.http
+    server_log = logging.getLogger("aiohttp.server")
+    if _BAD_REQUEST_LOG not in server_log.filters:
+        server_log.addFilter(_BAD_REQUEST_LOG)
     app = web.Application(middlewares=[errors_middleware], client_max_size=MAX_BODY)
     reads = ReadPool(database_path(daemon))
     lag = LagMonitor()

@@ -35,8 +35,10 @@ FRAME_ID = {"name": "id", "in": "path", "required": True, "description": "frame 
 ALERT_ID = {"name": "id", "in": "path", "required": True, "description": "alert id",
             "schema": {"type": "string", "minLength": 1, "maxLength": 400}}
 LIMIT = {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}}
-OFFSET = {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0, "default": 0}}
+OFFSET = {"name": "offset", "in": "query",
+          "schema": {"type": "integer", "minimum": 0, "maximum": 1_000_000_000, "default": 0}}
 
+SINCE = {"oneOf": [{"type": "number"}, {"type": "string", "format": "date-time"}]}
 AUTH = [{"bearer": []}]
 OPEN = [{}, {"bearer": []}]  # open on loopback unless http.open_reads = false
 
@@ -100,8 +102,9 @@ def document(version: str) -> dict[str, Any]:
         },
         "Worker": {
             "type": "object", "additionalProperties": True,
-            "properties": {"name": {"type": "string"}, "pid": INT, "alive": {"type": "boolean"},
-                           "frame_id": INT, "stage": STR, "since": NUM},
+            "properties": {"name": {"type": "string"}, "alive": {"type": "boolean"}, "busy": {"type": "boolean"},
+                           "frame_id": INT, "stage": STR, "pid": INT, "attempt": INT, "seconds": NUM,
+                           "stage_seconds": NUM},
         },
         "Status": {
             "type": "object",
@@ -109,13 +112,17 @@ def document(version: str) -> dict[str, Any]:
             "additionalProperties": True,
             "properties": {
                 "version": {"type": "string"}, "started_at": NUM, "uptime_seconds": NUM,
-                "paused": {"type": "boolean"},
+                "state": {"type": "string", "enum": ["starting", "running", "paused", "stopping", "stopped"]},
+                "paused": {"type": "boolean"}, "paused_reason": STR, "pid": {"type": "integer"},
+                "database": {"type": "string"}, "intake": {"type": "object", "nullable": True,
+                                                          "additionalProperties": True},
+                "updated_at": NUM,
                 "frames": {"type": "object", "additionalProperties": {"type": "integer"},
                            "description": "frames per state"},
                 "queue": {"type": "object", "properties": {"depth": {"type": "integer"},
                                                            "due": {"type": "integer"}}},
                 "workers": {"type": "array", "items": _ref("Worker")},
-                "pool": ANY_OBJ,
+                "pool": {"type": "object", "nullable": True, "additionalProperties": True},
                 "event_loop": ANY_OBJ,
             },
         },
@@ -128,9 +135,12 @@ def document(version: str) -> dict[str, Any]:
                     "properties": {"ok": {"type": "boolean"}}}},
             },
         },
-        "Paused": {"type": "object", "required": ["paused"], "properties": {"paused": {"type": "boolean"}}},
+        "Paused": {"type": "object", "required": ["paused", "state"],
+                   "properties": {"paused": {"type": "boolean"}, "state": {"type": "string"},
+                                  "paused_reason": STR}},
         "Reloaded": {"type": "object", "required": ["reloaded"], "additionalProperties": True,
-                     "properties": {"reloaded": {"type": "boolean"}}},
+                     "properties": {"reloaded": {"type": "boolean"},
+                                    "errors": {"type": "array", "items": {"type": "string"}}}},
         "Alert": {
             "type": "object", "required": ["id"], "additionalProperties": True,
             "properties": {
@@ -159,9 +169,14 @@ def document(version: str) -> dict[str, Any]:
             },
         },
         "AlertHandled": {
-            "type": "object", "required": ["alert", "created"], "additionalProperties": True,
-            "properties": {"alert": {"allOf": [_ref("Alert")], "nullable": True},
-                           "created": {"type": "boolean"}},
+            "type": "object", "required": ["message_id", "state", "alert", "created"], "additionalProperties": True,
+            "properties": {
+                "message_id": {"type": "integer"},
+                "state": {"type": "string", "enum": ["parsed", "duplicate", "control", "already-processed"]},
+                "alert_id": STR, "decision": {"type": "object", "nullable": True, "additionalProperties": True},
+                "action_ids": {"type": "array", "items": {"type": "integer"}},
+                "alert": {"allOf": [_ref("Alert")], "nullable": True},
+                "created": {"type": "boolean"}},
         },
     }
     paths = {
@@ -195,7 +210,7 @@ def document(version: str) -> dict[str, Any]:
                 "parameters": [
                     {"name": "state", "in": "query", "schema": {"type": "string", "enum": list(STATES)}},
                     {"name": "since", "in": "query", "description": "Unix seconds or ISO 8601 time (updated since)",
-                     "schema": {"type": "string"}},
+                     "schema": SINCE},
                     {"name": "alert", "in": "query", "description": "frames linked to this alert id",
                      "schema": {"type": "string"}},
                     LIMIT, OFFSET,
@@ -207,8 +222,10 @@ def document(version: str) -> dict[str, Any]:
                 "security": AUTH, "tags": ["frames"],
                 "requestBody": {"required": True, "content": {"application/json": {"schema": {
                     "type": "object", "required": ["path"], "additionalProperties": False,
-                    "properties": {"path": {"type": "string", "description": "absolute path of a FITS file"},
-                                   "priority": {"type": "integer", "minimum": -1000000, "maximum": 1000000}}}}}},
+                    "properties": {"path": {"type": "string", "pattern": "^/", "description": "absolute path of a FITS file"},
+                                   "priority": {"type": "integer", "minimum": -1000000, "maximum": 1000000},
+                                   "steps": {"type": "array", "minItems": 1,
+                                             "items": {"type": "string", "enum": list(STAGE_NAMES)}}}}}}},
                 "responses": {"201": _json(_ref("Submitted"), "queued"),
                               "200": _json(_ref("Submitted"), "the same content was already known"),
                               "403": _err("the path is outside the allowed roots"),
@@ -228,14 +245,15 @@ def document(version: str) -> dict[str, Any]:
                                       "description": "path relative to the frame's folder",
                                       "schema": {"type": "string", "minLength": 1}}],
             "responses": {"200": {"description": "the file",
-                                  "content": {"application/octet-stream": {"schema": {"type": "string",
-                                                                                      "format": "binary"}}}},
+                                  "content": {"*/*": {"schema": {}}}},
                           "403": _err("the name points outside the frame's folder"),
                           "404": _err("no such frame or file"), **COMMON_ERRORS}}},
         "/frames/{id}/cancel": {"post": {
             "summary": "Cancel a queued or running frame", "security": AUTH, "tags": ["frames"],
             "parameters": [FRAME_ID],
-            "responses": {"200": _json(_ref("FrameAction"), "cancelled"), "404": _err("no such frame"),
+            "responses": {"200": _json(_ref("FrameAction"), "cancelled (it was queued)"),
+                          "202": _json(_ref("FrameAction"), "cancelling: its process is being stopped"),
+                          "404": _err("no such frame"),
                           "409": _err("the frame is already finished"), **WRITE_ERRORS}}},
         "/frames/{id}/retry": {"post": {
             "summary": "Queue a finished frame again, from the first stage or from `from_stage`",
@@ -246,11 +264,17 @@ def document(version: str) -> dict[str, Any]:
             "responses": {"200": _json(_ref("FrameAction"), "queued again"), "404": _err("no such frame"),
                           "409": _err("the frame is queued or running"), **WRITE_ERRORS}}},
         "/pause": {"post": {
-            "summary": "Stop taking new frames (running ones finish)", "security": AUTH, "tags": ["control"],
-            "responses": {"200": _json(_ref("Paused"), "paused"), **WRITE_ERRORS}}},
+            "summary": "Stop starting frames (running ones go on; new files are still recorded)",
+            "security": AUTH, "tags": ["control"],
+            "requestBody": {"required": False, "content": {"application/json": {"schema": {
+                "type": "object", "additionalProperties": False,
+                "properties": {"reason": {"type": "string", "maxLength": 500}}}}}},
+            "responses": {"200": _json(_ref("Paused"), "paused"), "409": _err("the daemon is stopping"),
+                          **WRITE_ERRORS}}},
         "/resume": {"post": {
-            "summary": "Take new frames again", "security": AUTH, "tags": ["control"],
-            "responses": {"200": _json(_ref("Paused"), "resumed"), **WRITE_ERRORS}}},
+            "summary": "Start frames again", "security": AUTH, "tags": ["control"],
+            "responses": {"200": _json(_ref("Paused"), "resumed"), "409": _err("the daemon is stopping"),
+                          **WRITE_ERRORS}}},
         "/reload": {"post": {
             "summary": "Re-read the config file; the running settings stay if it has errors",
             "security": AUTH, "tags": ["control"],
@@ -260,26 +284,36 @@ def document(version: str) -> dict[str, Any]:
             "get": {
                 "summary": "Alerts, newest first", "security": OPEN, "tags": ["alerts"],
                 "parameters": [{"name": "live", "in": "query", "description": "only alerts live now",
-                                "schema": {"type": "boolean"}}, LIMIT, OFFSET],
+                                "schema": {"type": "boolean"}},
+                               {"name": "state", "in": "query", "schema": {"type": "string", "enum": [
+                                   "live", "ignored", "retracted", "superseded", "expired", "cancel"]}},
+                               {"name": "since", "in": "query", "description": "Unix seconds or ISO 8601 time "
+                                "(received since)", "schema": SINCE},
+                               LIMIT, {**OFFSET, "schema": {"type": "integer", "minimum": 0, "maximum": 100000,
+                                                            "default": 0}}],
                 "responses": {"200": _json(_ref("AlertList"), "a page of alerts"),
                               "400": _err("a bad parameter"), **COMMON_ERRORS}},
             "post": {
                 "summary": "Handle a notice (GCN JSON or VOEvent XML) as if it came from Kafka",
                 "security": AUTH, "tags": ["alerts"],
                 "parameters": [{"name": "topic", "in": "query", "description": "the Kafka topic it would have come on",
-                                "schema": {"type": "string"}}],
+                                "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,249}$"}}],
                 "requestBody": {"required": True, "content": {
                     "application/json": {"schema": ANY_OBJ},
                     "application/xml": {"schema": {"type": "string"}},
                     "text/xml": {"schema": {"type": "string"}}}},
                 "responses": {"201": _json(_ref("AlertHandled"), "a new alert was recorded"),
                               "200": _json(_ref("AlertHandled"), "handled (a duplicate or not an alert)"),
-                              **WRITE_ERRORS}},
+                              "409": _err("alert handling is not running in this daemon"),
+                              "413": _err("the body is larger than 8 MiB"), **WRITE_ERRORS}},
         },
         "/alerts/{id}": {"get": {
             "summary": "One alert: region, actions, frames covering it, candidates inside",
-            "security": OPEN, "tags": ["alerts"], "parameters": [ALERT_ID],
-            "responses": {"200": _json(_ref("AlertDetail"), "the alert"), "404": _err("no such alert"),
+            "security": OPEN, "tags": ["alerts"],
+            "parameters": [ALERT_ID, {"name": "full", "in": "query", "description": "include the parsed notice "
+                                      "and the whole skymap MOC", "schema": {"type": "boolean"}}],
+            "responses": {"200": _json(_ref("AlertDetail"), "the alert"), "400": _err("a bad parameter"),
+                          "404": _err("no such alert"),
                           **COMMON_ERRORS}}},
     }
     return {
