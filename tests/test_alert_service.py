@@ -90,6 +90,9 @@ def test_lvk_alert_region_and_retraction_cancels(env):
         [prelim.alert_id]
     assert service.regions_for_footprint([(20, 40), (21, 40), (21, 41), (20, 41)]) == []
     assert service.alerts_at(200.0, -40.0) == [prelim.alert_id]
+    from stdd.stages.base import Region
+    stage = Region(**region.stage_region())
+    assert stage.id == prelim.alert_id and stage.moc and not stage.forced_photometry
     assert service.alerts_at([200.0, 20.0], [-40.0, 40.0]) == [[prelim.alert_id], []]
     retraction = service.handle(IntakeMessage(make_gwalert("S260102cd", alert_type="RETRACTION"), "igwn.gwalert", 0, 2))
     retraction.wait(30)
@@ -114,6 +117,8 @@ def test_live_regions_forced_photometry_supersede_and_expire(env):
     regions = service.live_regions()
     assert [r.alert_id for r in regions] == [xrt.alert_id]  # the XRT position superseded BAT's
     assert regions[0].forced_position == (50.01, 5.01)
+    assert regions[0].stage_region() == {"id": xrt.alert_id, "ra": 50.01, "dec": 5.01, "radius_deg": 0.002,
+                                         "forced_photometry": True, "moc": None}
     assert service.store.get_alert(bat.alert_id)["state"] == "superseded"
     assert service.live_regions(now=time.time() + 49 * 3600) == []
     assert service.expire(now=time.time() + 49 * 3600) == 1

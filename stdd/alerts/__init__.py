@@ -29,6 +29,7 @@ A LiveRegion (one live alert's 90 % region; skymaps as their credible-area MOC):
     region.contains(ra, dec)                 # scalar or arrays -> candidate flags
     region.forced_position                   # (ra, dec) for small circles, else None
     region.alert_id, .priority, .radius_deg, .kind, .live_until
+    region.stage_region()                    # dict for stdd.stages.base.Region(**...)
 
 Intakes, each on its own thread, calling `on_message(IntakeMessage)` (use `service.handle`)::
 

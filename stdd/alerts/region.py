@@ -574,6 +574,16 @@ class LiveRegion:
             return self.overlaps(footprint["ra"], footprint["dec"], footprint["radius"])
         return self.overlaps_polygon(footprint)
 
+    def stage_region(self) -> dict:
+        """The fields of `stdd.stages.base.Region` (id, ra, dec, radius_deg, forced_photometry, moc) for the stages.
+
+        Circles are exact as (ra, dec, radius_deg); other shapes also carry their MOC (ASCII), which
+        is what a stage should test candidates against."""
+        ra, dec = self.center
+        return {"id": self.alert_id, "ra": float(ra), "dec": float(dec), "radius_deg": self.radius_deg,
+                "forced_photometry": self.forced_position is not None,
+                "moc": None if self.kind == "circle" else self.moc().serialize(format="str")}
+
     def to_dict(self) -> dict:
         return {"alert_id": self.alert_id, "event_id": self.event_id, "mission": self.mission,
                 "priority": self.priority, "live_until": self.live_until, "kind": self.kind,
