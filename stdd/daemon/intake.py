@@ -14,6 +14,7 @@ For each settled file, in a worker thread (never on the event loop):
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import os
 import shutil
@@ -92,6 +93,8 @@ class Intake:
         self.tracker = SettleTracker(w.settle_seconds, w.incomplete_seconds)
         self._start_watcher()
         self._task = asyncio.create_task(self._tick_loop(), name="intake")
+        # the FITS check parses headers with astropy: import it now, not on the first file
+        await asyncio.to_thread(importlib.import_module, "astropy.io.fits")
         await self.rescan()
 
     def _start_watcher(self) -> None:

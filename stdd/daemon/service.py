@@ -387,6 +387,12 @@ class Daemon:
             self.db = None
         self._release_lock()
         self.notifier.close()
+        if self._loop is not None:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                try:
+                    self._loop.remove_signal_handler(sig)
+                except (NotImplementedError, RuntimeError, ValueError):
+                    pass
         log.info("stopped")
 
     def _take_lock(self) -> None:

@@ -192,7 +192,18 @@ class LocalPool(Executor):
     def _timeout_for(self, phase: str) -> float:
         return float(self.stage_timeouts.get(phase, self.stage_timeout))
 
+    def _warm_up(self) -> None:
+        """Start one empty process: the fork server imports its preload list now, not when
+        the first frame arrives."""
+        try:
+            p = self._ctx.Process(target=os.getpid, name="stdd-warm-up")
+            p.start()
+            p.join(60)
+        except Exception as e:  # not fatal: the first frame will pay for it
+            log.warning("pool: warm-up failed: %s", e)
+
     def _supervise(self) -> None:
+        self._warm_up()
         try:
             while True:
                 self._handle_commands()
