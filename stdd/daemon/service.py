@@ -536,9 +536,9 @@ class Daemon:
                 log.warning("frame=%d %s failed after %.1f s: %s", fid, ev.stage, ev.seconds or 0, ev.error)
             else:
                 log.info("frame=%d %s %s in %.1f s", fid, ev.stage, ev.state, ev.seconds or 0)
-            if all(isinstance(summary.get(k), (int, float)) for k in ("ra", "dec", "radius")):
-                self.frames.set_footprint(fid, summary["ra"], summary["dec"], summary["radius"],
-                                          summary.get("footprint"))
+            radius = summary.get("radius_deg", summary.get("radius"))
+            if all(isinstance(v, (int, float)) for v in (summary.get("ra"), summary.get("dec"), radius)):
+                self.frames.set_footprint(fid, summary["ra"], summary["dec"], radius, summary.get("footprint"))
         elif ev.kind == "finished":
             self._runs.pop(fid, None)
             result = (ev.data or {}).get("result") or {}
