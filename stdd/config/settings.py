@@ -130,11 +130,16 @@ class PipelineSettings(Section):
     blind_scale_lower_arcsec: float | None = None
     blind_scale_upper_arcsec: float | None = None
     targets: list[str] = Field(default_factory=list)
+    # stdd additions (not in STDWeb)
+    min_aper_pixels: float = Field(2.0, ge=0, description="aperture radius floor for undersampled frames")
+    blind_radius_deg: float = Field(1.0, gt=0, description="blind-match search radius around the pointing")
     # simple transients
     simple_mag_diff: float = 2.0
     simple_max_candidates: int = Field(100, ge=0)
     simple_bright_shape_cut_sn: float = 20.0
     skybot: bool = False
+    cosmic_dilate: int = Field(2, ge=0, description="px; candidates on dilated cosmic-ray pixels are rejected")
+    max_cutouts: int = Field(30, ge=0)
     # subtraction
     sub_method: Literal["auto", "sfft", "hotpants", "zogy"] = "auto"
     sub_mode: Literal["detection", "target"] = "detection"
@@ -148,6 +153,8 @@ class PipelineSettings(Section):
     template_saturation_mag: float = 13.0
     dipole_test: bool = True
     cutout_radius: int = Field(15, ge=4)
+    sub_detection_thresh: float = Field(3.0, gt=0)
+    publish_images: bool = Field(False, description="also publish template, difference and error images")
 
     @model_validator(mode="after")
     def _annulus(self):
@@ -161,6 +168,9 @@ class CatalogSettings(Section):
     files: list[Path] = Field(default_factory=list)
     columns: dict[str, str] = Field(default_factory=dict, description="our name -> column in the file")
     vizier_catalog: str | None = None
+    vizier_url: str | None = Field(None, description="a Vizier mirror: host name or full URL")
+    transient_catalogs: list[str] = Field(default_factory=lambda: ["auto"],
+                                          description="Vizier catalogues rejecting known objects")
     timeout_seconds: float = Field(60.0, gt=0)
     retries: int = Field(2, ge=0)
 
@@ -172,6 +182,7 @@ class TemplateSettings(Section):
     survey: Literal["auto", "ps1", "ls", "hips"] = "auto"
     hips: str | None = None
     timeout_seconds: float = Field(120.0, gt=0)
+    min_overlap: float = Field(0.5, gt=0, le=1, description="local library: least fraction of the frame covered")
 
 
 class SiteSettings(Section):
@@ -185,6 +196,7 @@ class SiteSettings(Section):
 
 
 class KafkaSettings(Section):
+    enabled: bool = Field(True, description="consume GCN Kafka when alerts are enabled (false: drop folder only)")
     bootstrap_servers: str | None = None
     domain: str = "gcn.nasa.gov"
     client_id: str | None = None
