@@ -53,6 +53,7 @@ KEY_READS = web.AppKey("reads", ReadPool)
 KEY_TOKEN = web.AppKey("token", str)
 KEY_METRICS = web.AppKey("metrics", Metrics)
 KEY_LAG = web.AppKey("lag", LagMonitor)
+KEY_OPEN_READS = web.AppKey("open_reads", bool)
 
 
 class HttpError(Exception):
@@ -575,7 +576,7 @@ async def errors_middleware(request: web.Request, handler):
     status = 500
     try:
         if request.method not in ("GET", "HEAD", "OPTIONS") or not (
-                request.app["open_reads"] and _local_peer(request)):
+                request.app[KEY_OPEN_READS] and _local_peer(request)):
             token = request.app[KEY_TOKEN]
             if not auth.token_matches(auth.bearer(request.headers.get("Authorization")), token):
                 status = 401
@@ -646,7 +647,7 @@ def create_app(daemon, *, token: str | None = None) -> web.Application:
     app[KEY_TOKEN] = token or auth.ensure_token(http)
     app[KEY_METRICS] = metrics
     app[KEY_LAG] = lag
-    app["open_reads"] = http.open_reads
+    app[KEY_OPEN_READS] = http.open_reads
 
     async def on_startup(app: web.Application) -> None:
         lag.start()
