@@ -16,7 +16,8 @@ from .common import EXIT_USAGE
 COMMAND_MODULES = (
     "config_cmd",   # stdd config check|show
     "process_cmd",  # stdd process
-    "daemon_cmd",   # stdd run, stdd demo
+    "daemon_cmd",   # stdd run
+    "demo_cmd",     # stdd demo
     "client_cmd",   # stdd status|frames|submit|cancel|retry|pause|resume|alerts
     "alert_cmd",    # stdd alert parse
     "synth_cmd",    # stdd synth
