@@ -237,3 +237,44 @@ async def test_a_second_daemon_on_the_same_database_is_refused(tmp_path):
 def test_journald_lines_carry_the_priority():
     rec = logging.LogRecord("stdd.daemon", logging.WARNING, __file__, 1, "frame=%d failed", (3,), None)
     assert JournalFormatter("%(name)s: %(message)s").format(rec) == "<4>stdd.daemon: frame=3 failed"
+
+
+async def test_frames_in_a_live_alert_region_jump_the_queue(tmp_path, shared_data):
+    """A real alert (the EP notice, moved onto the Feder frame's field) makes that frame run
+    before frames queued earlier; the stages get the region."""
+    from stdd.alerts import AlertService, IntakeMessage
+    from stdd.daemon.regions import AlertRegionProvider, header_footprint
+
+    frame = shared_data / "frames" / "feder_aspencg16_EYUMa_r_thumb256_wcs.fits"
+    fp = header_footprint(frame)
+    assert fp and abs(fp["ra"] - 135.62) < 0.1 and abs(fp["dec"] - 49.79) < 0.1
+    assert header_footprint(shared_data / "frames" / "orion_ssdsi_M13_blue_0001.fits") is None  # no WCS
+
+    s = make_settings(tmp_path, alerts={"rules": [{"require_visible": False, "priority": 50}]},
+                      pool={"workers": 1})
+    notice = json.loads((shared_data / "gcn" / "json" / "ep_wxt_alert_EP240508.json").read_text())
+    notice.update(ra=fp["ra"] + 0.05, dec=fp["dec"], trigger_time=datetime.now(timezone.utc).isoformat())
+    db = Database(tmp_path / "alerts.sqlite")
+    service = AlertService(db, s)
+    service.handle(IntakeMessage(json.dumps(notice).encode(), topic="gcn.notices.einstein_probe.wxt.alert"))
+    (live,) = service.live_regions()
+    provider = AlertRegionProvider(service)
+    assert provider.frame_priority(frame) == (50, [live.alert_id])
+
+    async with Running(Daemon(s, region_provider=provider)) as d:
+        d.pause("fill the queue")
+        inc = d.settings.paths.incoming[0]
+        for i in range(3):
+            write_frame(inc / f"early{i}.fits", f"e{i}")
+        await until(lambda: d.frames.counts()["queued"] == 3)
+        import shutil
+        shutil.copy(frame, inc / "feder.fits")
+        await until(lambda: d.frames.counts()["queued"] == 4)
+        feder = next(f for f in d.frames.list() if f["name"] == "feder.fits")
+        assert feder["priority"] == 50 and feder["alert_ids"] == [live.alert_id]
+        d.resume()
+        await until(lambda: d.frames.counts()["done"] == 4)
+        order = sorted(d.frames.list(), key=lambda f: f["started_at"])
+        assert order[0]["name"] == "feder.fits"
+    service.close()
+    db.close()
