@@ -190,14 +190,67 @@ def session_members(sid: int) -> list[int]:
     return out
 
 
+def pss_mb(pid: int) -> float | None:
+    """Proportional set size (shared pages divided among the processes sharing them)."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as fh:
+            for line in fh:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 def tree_rss_mb(pid: int) -> dict[str, Any]:
-    """RSS of a process tree: total and per process."""
+    """RSS (and PSS) of a process tree: totals and per process."""
     procs = []
     for p in descendants(pid):
         r = rss_mb(p)
         if r is not None:
-            procs.append({"pid": p, "rss_mb": round(r, 1), "cmd": process_name(p)})
-    return {"total_mb": round(sum(p["rss_mb"] for p in procs), 1), "processes": procs}
+            pss = pss_mb(p)
+            procs.append({"pid": p, "rss_mb": round(r, 1), "pss_mb": rnd(pss, 1), "cmd": process_name(p)})
+    return {"total_mb": round(sum(p["rss_mb"] for p in procs), 1),
+            "total_pss_mb": round(sum(p["pss_mb"] or 0 for p in procs), 1), "processes": procs}
+
+
+_IMPORT_RSS = """
+import importlib, json, sys
+def rss():
+    for line in open('/proc/self/status'):
+        if line.startswith('VmRSS:'):
+            return int(line.split()[1]) / 1024
+def tops():
+    return {n.split('.')[0] for n in sys.modules} - set(sys.stdlib_module_names)
+out = [['python', round(rss(), 1), []]]
+for m in sys.argv[1:]:
+    before = tops()
+    try:
+        importlib.import_module(m)
+        name = m
+    except Exception as e:
+        name = m + ' (failed: ' + type(e).__name__ + ')'
+    out.append([name, round(rss(), 1), sorted(tops() - before - {m.split('.')[0]})])
+print(json.dumps(out))
+"""
+
+
+def import_memory_profile(python: str, modules: list[str]) -> list[list]:
+    """Resident memory of a new Python process after importing each module in turn:
+    [[module, RSS MB after it, MB it added, [third-party packages it brought in]], ...]
+    (a memory profile of a process's imports)."""
+    import json
+    import subprocess
+
+    r = subprocess.run([python, "-c", _IMPORT_RSS, *modules], capture_output=True, text=True, timeout=300)
+    if r.returncode != 0:
+        return [["failed", r.stderr[-300:]]]
+    rows = json.loads(r.stdout.strip().splitlines()[-1])
+    out, prev = [], 0.0
+    for name, mb, pulled in rows:
+        out.append([name, mb, round(mb - prev, 1), pulled])
+        prev = mb
+    return out
 
 
 def environment() -> dict[str, Any]:

@@ -1,0 +1,98 @@
+"""One frame through stdd's own chain in a fresh process, as a pool worker runs it; prints JSON.
+
+`python -m bench.chain_child FRAME WORKDIR SETTINGS_JSON [--steps ...] [--profile N]`
+
+It does what `stdd.pool.worker` does between `begin` and `publishing` (prepare the folder from
+the frame's bytes, then `stdd.pipeline.run_chain`), with the pool's environment (numerical
+libraries on one thread each), and reports the seconds of each stage, the chain's total, and the
+memory peak: this process's own (VmHWM) and the largest program it ran (ru_maxrss of children:
+SExtractor, SCAMP, SWarp, HOTPANTS). With `--profile N` the chain runs under cProfile and the top
+N functions by cumulative time are included (the timing is then not representative).
+"""
+from __future__ import annotations
+
+import os
+
+from stdd.pool.local import SINGLE_THREAD_ENV
+
+for _var in SINGLE_THREAD_ENV:  # as the pool sets them, before numpy is imported
+    os.environ.setdefault(_var, "1")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import resource  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.chain_child")
+    ap.add_argument("frame", type=Path)
+    ap.add_argument("work", type=Path)
+    ap.add_argument("settings", type=Path, help="StageSettings as JSON")
+    ap.add_argument("--steps", nargs="+", default=None)
+    ap.add_argument("--profile", type=int, default=0)
+    args = ap.parse_args(argv)
+
+    t_import = time.perf_counter()
+    from stdd.pipeline import prepare_folder, run_chain
+    from stdd.pool.local import PRELOAD
+    from stdd.stages.base import StageSettings
+
+    import importlib
+
+    for mod in PRELOAD:  # what a pool worker has imported before its frame arrives
+        try:
+            importlib.import_module(mod)
+        except ImportError:
+            pass
+    import_s = time.perf_counter() - t_import
+    settings = StageSettings.model_validate(json.loads(args.settings.read_text()))
+    stages: dict[str, float] = {}
+    starts: dict[str, float] = {}
+
+    def on_stage(name, phase, res):
+        if phase == "start":
+            starts[name] = time.perf_counter()
+        else:
+            stages[name] = round(time.perf_counter() - starts[name], 3)
+
+    def chain():
+        prepare_folder(args.frame, args.work)
+        return run_chain(args.work, settings, args.steps, on_stage)
+
+    profile = None
+    t0 = time.perf_counter()
+    if args.profile:
+        from bench.common import profile_top
+
+        result, profile = profile_top(chain, args.profile)
+    else:
+        result = chain()
+    total = time.perf_counter() - t0
+    out = {
+        "status": result.get("status"), "error": result.get("error"),
+        "stage_states": {k: v.get("state") for k, v in (result.get("stages") or {}).items()},
+        "stages": stages, "total_s": round(total, 3), "import_s": round(import_s, 3),
+        "peak_rss_mb": _hwm_mb(), "children_peak_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
+        "sub_method": result.get("sub_method"), "sub_tiles": result.get("sub_tiles"),
+        "notes": result.get("notes", [])[:20], "profile": profile,
+    }
+    print(json.dumps(out, default=str))
+    return 0
+
+
+def _hwm_mb() -> float | None:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        return None
+    return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""`overhead_ratio` and `scaling_2v1`: the daemon against the plain script, and 2 workers against 1.
+
+One repeat runs three sides on the same N frames, back to back, in an order that alternates
+between repeats (so drift in the machine's load does not favour one side):
+
+* plain — `bench.plain_script` in a new process: the same STDPipe calls with the same settings,
+  frame after frame; its time per frame excludes its imports;
+* 1 worker — a daemon (`stdd run`, 1 worker) started and idle; the N files are written into its
+  incoming folder back to back; span = last result.json written − first file closed;
+* 2 workers — the same with 2 workers.
+
+The settle window (a configured wait, timed on its own by `ingest_p99_s`) is subtracted from each
+span once: the files settle together. overhead = (span₁ − settle)/N ÷ plain s/frame; scaling =
+(span₁ − settle) ÷ (span₂ − settle). The key is the median over repeats of each repeat's ratio.
+Intake samples (file closed → queued, beyond the settle window) are left for `ingest_p99_s`.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+from .common import Context, Value, median, rnd
+from .harness import BenchDaemon
+from .inputs import field_of, write_json
+
+KEYS = ("overhead_ratio", "scaling_2v1")
+SETTLE = 0.5
+
+
+def run_plain(ctx: Context, settings_json: Path, frames: list[Path], work: Path, timeout: float = 3600) -> dict:
+    cmd = [ctx.python, "-m", "bench.plain_script", str(settings_json), str(work), *map(str, frames)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=str(Path(__file__).parents[1]))
+    if r.returncode != 0:
+        raise RuntimeError(f"the plain script exited {r.returncode}: {r.stderr[-1500:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def run_daemon(ctx: Context, root: Path, field, frames: list[Path], workers: int, timeout: float) -> dict:
+    with BenchDaemon(root, field, workers=workers, settle=SETTLE) as d:
+        time.sleep(1.0)  # let start-up work (rescan, scheduler) finish
+        drops = [d.drop(f) for f in frames]
+        rows = d.wait_terminal(len(frames), timeout)
+        written = [d.result_written(r) for r in rows]
+        states = [r["state"] for r in rows]
+        errors = sorted({r["error"] for r in rows if r.get("error")})
+        ingest = []
+        for r in rows:
+            i = _src(frames, r)
+            if i is not None and r.get("queued_at"):
+                ingest.append(r["queued_at"] - drops[i] - SETTLE)
+        stage_runs = {}
+        for r in rows:
+            for s in d.proc_h.stage_runs(r["id"]):
+                stage_runs.setdefault(s["stage"], []).append(s.get("seconds"))
+        ready_s = d.ready_s
+    span = max(w for w in written if w is not None) - min(drops)
+    return {"workers": workers, "span_s": round(span, 3), "states": states, "errors": errors[:5],
+            "ingest_s": [round(x, 4) for x in ingest], "ready_s": round(ready_s, 2),
+            "stage_seconds_median": {k: rnd(median(v), 3) for k, v in stage_runs.items()}}
+
+
+def _src(frames: list[Path], row: dict) -> int | None:
+    name = Path(row["path"]).name
+    for i, f in enumerate(frames):
+        if f.name == name:
+            return i
+    return None
+
+
+def measure(ctx: Context) -> dict[str, Value]:
+    size = 512 if ctx.quick else 1024
+    n = 2 if ctx.quick else 6
+    try:
+        field = field_of(ctx, size, n)
+    except Exception as e:
+        raise RuntimeError(f"synthetic frames could not be made: {e}") from e
+    frames = field.frames[:n]
+    folder = ctx.folder("throughput")
+    settings_json = write_json(folder / "settings.json", field.stage_settings(folder / "plain-cache"))
+    timeout = 600 if ctx.quick else 3600
+    repeats = []
+    ingest: list[float] = []
+    for rep in range(ctx.repeats):
+        order = ["plain", "w1", "w2"] if rep % 2 == 0 else ["w2", "w1", "plain"]
+        got = {}
+        for side in order:
+            ctx.log(f"  repeat {rep + 1}/{ctx.repeats}: {side} on {n} frames of {size}²")
+            if side == "plain":
+                got[side] = run_plain(ctx, settings_json, frames, folder / f"plain-{rep}", timeout)
+            else:
+                got[side] = run_daemon(ctx, folder / f"{side}-{rep}", field, frames, int(side[1]), timeout)
+                ingest += got[side]["ingest_s"]
+        plain_pf = got["plain"]["total_s"] / n
+        w1 = got["w1"]["span_s"] - SETTLE
+        w2 = got["w2"]["span_s"] - SETTLE
+        repeats.append({"plain_s_per_frame": rnd(plain_pf), "daemon_1w_s_per_frame": rnd(w1 / n),
+                        "daemon_2w_s_per_frame": rnd(w2 / n), "overhead": rnd((w1 / n) / plain_pf, 4),
+                        "scaling": rnd(w1 / w2, 4), "sides": got})
+    ctx.shared["ingest_samples"] = ctx.shared.get("ingest_samples", []) + ingest
+    failed = sorted({s for r in repeats for side in ("w1", "w2") for s in r["sides"][side]["states"]} - {"done"})
+    plain_failed = sorted({f.get("status") for r in repeats for f in r["sides"]["plain"]["frames"]} - {"done"})
+    ctx_common = {"frame_size": size, "frames": n, "settle_seconds": SETTLE, "repeats": len(repeats)}
+    overhead = Value(rnd(median(r["overhead"] for r in repeats), 3), runs=[r["overhead"] for r in repeats],
+                     context={**ctx_common, "repeats_detail": repeats})
+    scaling = Value(rnd(median(r["scaling"] for r in repeats), 3), runs=[r["scaling"] for r in repeats],
+                    context=ctx_common)
+    med = {k: rnd(median(r[k] for r in repeats), 2) for k in ("plain_s_per_frame", "daemon_1w_s_per_frame",
+                                                              "daemon_2w_s_per_frame")}
+    overhead.note = (f"{n} frames of {size}², median of {len(repeats)}: daemon {med['daemon_1w_s_per_frame']} s/frame"
+                     f" vs plain {med['plain_s_per_frame']} s/frame (settle {SETTLE} s subtracted once)")
+    scaling.note = (f"{n} frames of {size}²: 1 worker {med['daemon_1w_s_per_frame']} s/frame, 2 workers "
+                    f"{med['daemon_2w_s_per_frame']} s/frame")
+    if failed or plain_failed:
+        warn = f"; frames not done: daemon {failed or '-'}, plain {plain_failed or '-'}"
+        overhead.note += warn
+        scaling.note += warn
+    if overhead.value is not None and overhead.value > 1.05:
+        overhead.note += "; " + _overhead_limits(repeats)
+    if scaling.value is not None and scaling.value < 1.8:
+        scaling.note += ("; with 2 workers on 2 cores the frames compete for the cores with the daemon itself, "
+                         "the watcher and SExtractor/SCAMP children")
+    return {"overhead_ratio": overhead, "scaling_2v1": scaling}
+
+
+def _overhead_limits(repeats: list[dict]) -> str:
+    """What the daemon spends beyond the plain script, stage by stage (the profile of the gap)."""
+    r = repeats[0]
+    ours = r["sides"]["w1"]["stage_seconds_median"]
+    plain = {}
+    for f in r["sides"]["plain"]["frames"]:
+        for k, v in (f.get("stages") or {}).items():
+            plain.setdefault(k, []).append(v)
+    plain = {k: median(v) for k, v in plain.items()}
+    gaps = []
+    for stage, sec in ours.items():
+        if sec is not None and plain.get(stage) is not None:
+            gaps.append((sec - plain[stage], stage, sec, plain[stage]))
+    gaps.sort(reverse=True)
+    parts = [f"{s} {a:.2f} s vs {b:.2f} s" for _, s, a, b in gaps[:4]]
+    return "per stage, daemon vs plain: " + ", ".join(parts) if parts else "no per-stage figures"
