@@ -77,3 +77,55 @@ async def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: st
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
         await asyncio.sleep(0.05)
+
+
+class AlertServiceBeside:
+    """The real AlertService running beside the daemon, as the daemon's alert wiring runs it
+    (own connection; notices handled in threads). No Kafka stream: the tests post notices."""
+
+    name = "alerts"
+
+    def __init__(self):
+        self.service = None
+        self.db = None
+
+    async def start(self, daemon) -> None:
+        from stdd.alerts import AlertService
+        from stdd.store import Database
+
+        self.db = Database(daemon.db_path)
+        self.service = AlertService(self.db, daemon.settings)
+
+    async def stop(self) -> None:
+        if self.service is not None:
+            await asyncio.to_thread(self.service.close)
+        if self.db is not None:
+            self.db.close()
+
+
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage")
+
+
+async def chromium_dom(url: str, profile: Path, budget_ms: int = 3000, timeout: float = 60.0) -> str:
+    """The page's DOM after its scripts ran, from headless Chromium (run without blocking the
+    loop that serves the page)."""
+    import shutil
+
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        import pytest
+
+        pytest.skip("chromium is not installed (Debian package 'chromium'; scripts/setup.sh test installs it)")
+    proc = await asyncio.create_subprocess_exec(
+        exe, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--virtual-time-budget={budget_ms}", "--dump-dom", url,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    except asyncio.TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    if proc.returncode != 0:
+        raise RuntimeError(f"chromium exited {proc.returncode}: {err.decode(errors='replace')[-2000:]}")
+    return out.decode()

@@ -229,4 +229,4 @@ async def post_alert(request: web.Request) -> web.Response:
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/alerts", get_alerts)
     app.router.add_post("/alerts", post_alert)
-    app.router.add_get("/alerts/{id}", get_alert)
+    app.router.add_get("/alerts/{id:.+}", get_alert)  # ids are IVORNs, with slashes

@@ -110,13 +110,20 @@ text-align:left;vertical-align:middle} th{background:#eee} td.n{text-align:right
 
 SCRIPT = """
 (function(){
+  function markImages(root){
+    root.querySelectorAll('img.thumb').forEach(function(img){
+      function ok(){ if(img.naturalWidth > 0) img.setAttribute('data-loaded', '1'); }
+      if(img.complete) ok(); else img.addEventListener('load', ok);
+    });
+  }
+  markImages(document);
   async function refresh(){
     try{
       const r = await fetch(location.pathname, {cache:'no-store'});
       if(!r.ok) return;
       const doc = new DOMParser().parseFromString(await r.text(), 'text/html');
       const fresh = doc.getElementById('live');
-      if(fresh) document.getElementById('live').replaceWith(fresh);
+      if(fresh){ document.getElementById('live').replaceWith(fresh); markImages(fresh); }
     }catch(e){}
   }
   setInterval(refresh, %d);
@@ -194,7 +201,8 @@ def render(data: dict[str, Any]) -> str:
         add("<table id='alerts'><tr><th>alert</th><th>mission</th><th>type</th><th>time</th><th>RA</th>"
             "<th>Dec</th><th>radius °</th><th>decision</th></tr>")
         for a in alerts:
-            add(f"<tr class='alert' data-id='{_e(a.get('id'))}'><td><a href='/alerts/{_e(a.get('id'))}'>"
+            href = "/alerts/" + urllib.parse.quote(str(a.get("id")), safe="")
+            add(f"<tr class='alert' data-id='{_e(a.get('id'))}'><td><a href='{_e(href)}'>"
                 f"{_e(a.get('event_id') or a.get('id'))}</a></td><td>{_e(a.get('mission'))}</td>"
                 f"<td>{_e(a.get('notice_type'))}</td><td>{_e(a.get('time'))}</td>"
                 f"<td class='n'>{_num(a.get('ra'), '.4f')}</td><td class='n'>{_num(a.get('dec'), '.4f')}</td>"
