@@ -51,6 +51,7 @@ class Context:
     python: str = sys.executable
     repeats: int = 1                   # side-by-side repeats for the ratio measures
     shared: dict[str, Any] = field(default_factory=dict)  # results one measure leaves for another
+    params: dict[str, Any] = field(default_factory=dict)  # size overrides (tests): e.g. db_status_records
 
     def folder(self, name: str) -> Path:
         p = self.work / name

@@ -122,7 +122,7 @@ def measure(ctx: Context) -> dict[str, Value]:
     folder = ctx.folder("db_status")
     db_path = folder / "state.sqlite"
     t0 = time.monotonic()
-    counts = fill(db_path)
+    counts = fill(db_path, n=int(ctx.params.get("db_status_records", 10_000)))
     fill_s = time.monotonic() - t0
     cfg = _config(folder, db_path)
     runs = time_status_inprocess(cfg, 10 if ctx.quick else 30)

@@ -76,12 +76,12 @@ MEASURES: tuple[tuple[str, tuple[str, ...]], ...] = (
 
 
 def run(*, quick: bool, only: list[str] | None = None, out_dir: Path = RESULTS, keep_work: bool = False,
-        repeats: int | None = None, log=print) -> dict[str, Any]:
+        repeats: int | None = None, params: dict[str, Any] | None = None, log=print) -> dict[str, Any]:
     """Run the measures (all, or those filling the keys in `only`); write and return the report."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="stdd-bench-"))
-    ctx = Context(quick=quick, work=work, log=log, repeats=repeats or (1 if quick else 3))
+    ctx = Context(quick=quick, work=work, log=log, repeats=repeats or (1 if quick else 3), params=dict(params or {}))
     env_start = environment()
     started = time.time()
     values: dict[str, Value] = {}
@@ -114,6 +114,8 @@ def run(*, quick: bool, only: list[str] | None = None, out_dir: Path = RESULTS, 
             values[k.name] = Value.missing("not measured in this run (--only)" if only else "no measure fills it")
     report = build_report(values, quick=quick, started=started, env_start=env_start, timings=timings,
                           repeats=ctx.repeats)
+    if ctx.params:
+        report["params"] = ctx.params
     write(report, out_dir)
     return report
 
