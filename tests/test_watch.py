@@ -144,16 +144,17 @@ def test_watcher_sees_final_names_only(tmp_path, poll):
         os.rename(tmp, inc / "x.fits")
         (inc / "sub").mkdir()
         write_frame(inc / "sub" / "z.fits", 2)
+        write_frame(inc / "w.fits", 3)
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
             with lock:
                 names = {p.name for p, _ in seen}
-            if {"x.fits", "z.fits"} <= names:
+            if {"x.fits", "z.fits", "w.fits"} <= names and (poll or any(c for p, c in seen if p.name == "w.fits")):
                 break
             time.sleep(0.05)
     finally:
         w.stop()
-    assert names == {"x.fits", "z.fits"}
+    assert names == {"x.fits", "z.fits", "w.fits"}
     if not poll:  # inotify reports the writer's close
-        assert any(c for p, c in seen if p.name == "z.fits")
-    assert sorted(p.name for p in w.rescan()) == ["x.fits", "z.fits"]
+        assert any(c for p, c in seen if p.name == "w.fits")
+    assert sorted(p.name for p in w.rescan()) == ["w.fits", "x.fits", "z.fits"]
