@@ -93,3 +93,22 @@ async def measure_async(base_url: str, requests: int = 500, concurrency: int = 4
 def measure(base_url: str, requests: int = 500, concurrency: int = 4, path: str = "/status") -> dict[str, Any]:
     """`measure_async` for a caller without an event loop (the benchmark, a shell)."""
     return asyncio.run(measure_async(base_url, requests=requests, concurrency=concurrency, path=path))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m stdd.http.loadcheck URL [REQUESTS] [CONCURRENCY]`: print the figures as JSON."""
+    import json
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    if not args:
+        print("usage: python -m stdd.http.loadcheck URL [REQUESTS] [CONCURRENCY]", file=sys.stderr)
+        return 2
+    result = measure(args[0], requests=int(args[1]) if len(args) > 1 else 500,
+                     concurrency=int(args[2]) if len(args) > 2 else 4)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
