@@ -71,8 +71,9 @@ RECONNECT_SECONDS = 5.0
 # paths as the daemon and the workers see them
 # =========================================================================================
 class PathMap:
-    """Daemon-side path prefix → worker-side prefix, applied to every string in a job (and
-    backwards to what comes back). A prefix matches whole path components only."""
+    """Daemon-side path prefix → worker-side prefix, applied to every path in the strings of
+    a job (and backwards to what comes back, error messages included). A prefix matches whole
+    path components only."""
 
     def __init__(self, mapping: dict[str, str] | None = None):
         self.pairs = [(_norm(a), _norm(b)) for a, b in (mapping or {}).items() if _norm(a) != _norm(b)]
@@ -109,9 +110,9 @@ def _norm(p: str) -> str:
 
 
 def _prefix_re(prefix: str) -> str:
-    # the prefix at the start of the string or after a "scheme:" (e.g. "local:/data/cat.fits"),
-    # followed by "/" or the end: never in the middle of another name
-    return r"(?:(?<=^)|(?<=:))" + re.escape(prefix) + r"(?=/|$)"
+    # the prefix as a path of its own: at the start, or after a space, quote, "local:"...
+    # (paths also appear in messages), and not continued by more of a name ("/data2")
+    return r"(?<![\w./~-])" + re.escape(prefix) + r"(?![\w.~-])"
 
 
 # =========================================================================================
@@ -405,7 +406,7 @@ class DaskExecutor(Executor):
                 {"frame_id": j.job.frame_id, "attempt": j.job.attempt, "pid": None, "stage": j.phase,
                  "seconds": round(now - (j.started or j.submitted), 1), "stage_seconds": round(now - j.phase_started, 1),
                  "worker": j.worker, "host": j.host, "worker_pid": j.worker_pid, "frame_pid": j.frame_pid,
-                 "priority": j.job.priority}
+                 "priority": j.job.priority, "key": j.key}
                 for j in self._jobs.values()
             ]
         return {"executor": self.name, "workers": self.max_frames or self.cluster_threads, "running": running,
@@ -589,7 +590,7 @@ class DaskExecutor(Executor):
         if j is None or (d.get("run"), d.get("seq")) in j.seen:
             return
         j.seen.add((d.get("run"), d.get("seq")))
-        d = self.paths.to_daemon(d)
+        d = self.paths.to_daemon(_plain(d))  # Dask's event log hands lists back as tuples
         kind = d.get("kind")
         if kind == "begin":
             if j.run is None:
