@@ -81,8 +81,12 @@ class Client:
         query = {k: v for k, v in (params or {}).items() if v is not None}
         url = path + ("?" + urllib.parse.urlencode(query) if query else "")
         headers = {"Accept": "application/json"}
+        token_error: auth.TokenError | None = None
         if send_token if send_token is not None else (method != "GET" or not self.http.open_reads):
-            headers["Authorization"] = f"Bearer {self.token()}"
+            try:
+                headers["Authorization"] = f"Bearer {self.token()}"
+            except auth.TokenError as e:  # first find out whether a daemon is there at all
+                token_error = e
         data = None
         if body is not None:
             data = json.dumps(body).encode()
@@ -108,6 +112,8 @@ class Client:
                 payload = json.loads(payload)
             except ValueError:
                 pass
+        if resp.status == 401 and token_error is not None:
+            raise token_error
         if resp.status >= 400:
             message = payload.get("error") if isinstance(payload, dict) else None
             raise ApiError(resp.status, message or f"HTTP {resp.status} {resp.reason}", payload)
