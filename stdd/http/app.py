@@ -162,7 +162,10 @@ def snapshot(daemon) -> dict[str, Any]:
 def alert_handler(daemon):
     """The daemon's alert service (something with `handle(IntakeMessage)`), or None when
     alert handling is not running in this daemon."""
-    for svc in getattr(daemon, "services", []):
+    holders = [*getattr(daemon, "services", []), getattr(daemon, "region_provider", None)]
+    for svc in holders:
+        if svc is None:
+            continue
         for candidate in (getattr(svc, "service", None), getattr(svc, "alert_service", None), svc):
             if candidate is not None and callable(getattr(candidate, "handle", None)) \
                     and hasattr(candidate, "live_regions"):
