@@ -81,22 +81,29 @@ async def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: st
 
 class AlertServiceBeside:
     """The real AlertService running beside the daemon, as the daemon's alert wiring runs it
-    (own connection; notices handled in threads). No Kafka stream: the tests post notices."""
+    (own connection; notices handled in threads), with the real Kafka intake when asked."""
 
     name = "alerts"
 
-    def __init__(self):
+    def __init__(self, kafka: bool = False):
         self.service = None
         self.db = None
+        self.kafka = None
+        self.with_kafka = kafka
 
     async def start(self, daemon) -> None:
-        from stdd.alerts import AlertService
+        from stdd.alerts import AlertService, KafkaIntake
         from stdd.store import Database
 
         self.db = Database(daemon.db_path)
         self.service = AlertService(self.db, daemon.settings)
+        if self.with_kafka:
+            self.kafka = KafkaIntake(daemon.settings, self.service.handle)
+            self.kafka.start()
 
     async def stop(self) -> None:
+        if self.kafka is not None:
+            await asyncio.to_thread(self.kafka.stop)
         if self.service is not None:
             await asyncio.to_thread(self.service.close)
         if self.db is not None:

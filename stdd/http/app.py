@@ -219,7 +219,8 @@ async def health_checks(request: web.Request) -> dict[str, dict]:
             fresh = age is not None and age < HEARTBEAT_STALE_SECONDS
             checks["alert_stream"] = {**{k: v for k, v in s.items() if isinstance(v, (str, int, float, bool))
                                          or v is None},
-                                      "ok": bool(s.get("connected")) and (fresh or not expects_beat),
+                                      "ok": bool(s.get("connected")) and bool(s.get("alive", True))
+                                      and (fresh or not expects_beat),
                                       "connected": bool(s.get("connected")), "last_heartbeat": beat,
                                       "heartbeat_age_seconds": round(age, 3) if age is not None else None}
     lag = request.app[KEY_LAG]
