@@ -50,8 +50,11 @@ def test_the_cheap_measure_ran_for_real(report):
     assert len(key["runs"]) == 10
     assert key["value"] == pytest.approx(statistics.median(key["runs"]), abs=0.02)  # the median of the runs
     frames = key["context"]["frames"]
-    assert sum(frames.values()) == 300 and frames["running"] == 2 and frames["queued"] == 38
-    assert key["context"]["new_process_ms"] > 0
+    assert sum(frames.values()) == 340 and frames["running"] == 2 and frames["queued"] == 38
+    paths = key["context"]["paths"]
+    assert set(paths) == {"daemon running", "daemon not running"}
+    assert key["value"] == max(p["median_ms"] for p in paths.values())
+    assert all(p["new_process_ms"] > 0 for p in paths.values())
 
 
 def test_keys_not_measured_are_null_with_a_reason(report):
