@@ -261,8 +261,21 @@ def test_an_unreachable_scheduler_takes_no_frames_and_says_why(tmp_path):
             ex.submit(job(tmp_path, 61))
     finally:
         ex.shutdown(1)
+
+
+
+def test_a_dask_config_without_a_scheduler_is_an_error_that_says_so():
+    from stdd.config.load import ConfigError, settings_from_dict
+
+    with pytest.raises(ConfigError) as e:
+        settings_from_dict({"pool": {"executor": "dask"}}, "stdd.toml")
+    assert any("needs dask_scheduler" in line for line in e.value.errors)
+    with pytest.raises(ConfigError) as e:
+        settings_from_dict({"pool": {"executor": "dask", "dask_scheduler": "tcp://h:8786",
+                                     "dask_path_map": {"srv/data": "/data"}}}, "stdd.toml")
+    assert any("absolute paths only: srv/data -> /data" in line for line in e.value.errors)
     with pytest.raises(ValueError, match="dask_scheduler"):
-        make_executor(PoolSettings(executor="dask"))
+        DaskExecutor("")
 
 
 @pytest.mark.slow
@@ -290,3 +303,48 @@ def test_real_stages_on_dask_give_the_local_pools_results(tmp_path, cluster):
     for kind in ("local", "dask"):
         r = json.loads((tmp_path / "runs" / kind / "results" / "1-frame" / "result.json").read_text())
         assert r["status"] == "done" and r["n_stars_calib"] > 5 and r["zp"] is not None
+
+
+def test_the_daemon_on_dask_retries_a_frame_whose_worker_was_killed(tmp_path, cluster):
+    """`stdd run` with `executor = "dask"`: a Dask worker process SIGKILLed mid-stage → the
+    frame's attempt is lost, the daemon retries it (its own max_attempts and back-off) and it
+    is done; the other frame is not disturbed."""
+    from daemon_harness import DaemonProcess, config_text
+
+    c, client = cluster
+    client.wait_for_workers(2, timeout=60)
+    d = DaemonProcess(tmp_path, config_text(pool_extra=f'executor = "dask"\ndask_scheduler = "{c.scheduler_address}"'))
+    try:
+        d.start()
+        assert d.status()["pool"]["executor"] == "dask"
+        write_frame(d.incoming / "victim.fits", "victim", T_SLEEP=2.5)
+        write_frame(d.incoming / "bystander.fits", "bystander")
+
+        def victim_worker():
+            f = next((f for f in d.frames() if f["name"] == "victim.fits"), None)
+            runs = d.stage_runs(f["id"]) if f else []
+            if not (runs and runs[-1]["state"] == "running" and runs[-1]["stage"] == "inspect"):
+                return None
+            for addr, keys in client.processing().items():
+                if any(str(k).startswith(f"stdd-frame-{f['id']}-1-") for k in keys):
+                    return addr
+
+        d.wait(victim_worker, 30, "the victim's first stage to run on a worker")
+        addr = victim_worker()
+        os.kill(client.run(os.getpid, workers=[addr])[addr], signal.SIGKILL)
+        frames = {f["name"]: f for f in d.wait_terminal(2, timeout=60)}
+        assert frames["victim.fits"]["state"] == "done" and frames["victim.fits"]["attempts"] == 2
+        assert frames["bystander.fits"]["state"] == "done" and frames["bystander.fits"]["attempts"] == 1
+        runs = d.stage_runs(frames["victim.fits"]["id"])
+        lost = [r for r in runs if r["state"] not in ("done", "running")]
+        assert len(lost) == 1 and lost[0]["stage"] == "inspect" and addr in lost[0]["error"], runs
+        assert [r["stage"] for r in runs if r["state"] == "done"] == ["inspect", "photometry"]
+        assert all(r["pid"] is None for r in runs)  # a worker's pid never reaches the daemon's recovery
+        assert "retry 2/4" in d.log()
+        assert len(d.result_dirs()) == 2
+        for rd in d.result_dirs():
+            assert json.loads((rd / "result.json").read_text())["status"] == "done"
+        assert d.stop() == 0
+    finally:
+        if d.proc is not None and d.proc.poll() is None:
+            d.kill()

@@ -78,6 +78,15 @@ class PoolSettings(Section):
         description="executor = dask: daemon-side path prefix -> the same folder as Dask workers see it",
     )
 
+    @model_validator(mode="after")
+    def _dask(self):
+        if self.executor == "dask" and not self.dask_scheduler:
+            raise ValueError('executor = "dask" needs dask_scheduler, the scheduler\'s address (e.g. "tcp://head:8786")')
+        bad = [f"{k} -> {v}" for k, v in self.dask_path_map.items() if not (k.startswith("/") and v.startswith("/"))]
+        if bad:
+            raise ValueError(f"dask_path_map maps absolute paths only: {', '.join(bad)}")
+        return self
+
     @property
     def effective_workers(self) -> int:
         return self.workers or (os.cpu_count() or 1)
