@@ -323,6 +323,16 @@ async def test_cancel(env, done_frame):
     assert status == 400  # a body, if given, must be an object
 
 
+async def test_cancel_right_after_submit(env):
+    """Queued, just claimed, or running: a cancel right after a submit always takes."""
+    for i in range(3):
+        fid = await env.submit(write_frame(env.incoming / f"quick_cancel_{i}.fits", 10.0 + i, T_ID=f"qc{i}",
+                                           T_SLEEP=30))
+        status, body = await env.post(f"/frames/{fid}/cancel")
+        assert status in (200, 202), body
+        await env.wait_state(fid, {"cancelled"})
+
+
 async def test_cancel_queued_while_paused(env):
     status, _ = await env.post("/pause", {"reason": "test: hold the queue"})
     assert status == 200

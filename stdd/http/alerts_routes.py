@@ -26,7 +26,7 @@ from ..store import FrameStore
 from ..store.alerts import AlertStore
 from ..store.stats import Stats
 from .app import (KEY_DAEMON, KEY_READS, MAX_LIMIT, HttpError, _int_param, _since_param,
-                  alert_handler, json_response)
+                  alert_handler, json_response, serialised)
 
 #: the columns of an alert in lists (the region, the parsed notice and any skymap are left out)
 LIST_KEYS = ("id", "ivorn", "event_id", "mission", "instrument", "notice_type", "role", "time", "ra", "dec",
@@ -171,14 +171,14 @@ async def get_alerts(request: web.Request) -> web.Response:
     limit = _int_param(request, "limit", 100, 1, MAX_LIMIT)
     offset = _int_param(request, "offset", 0, 0, MAX_OFFSET)
     reads = request.app[KEY_READS]
-    return json_response(await reads.run(_alert_list, reads, live, state, since, limit, offset))
+    return json_response(await reads.run(serialised, _alert_list, reads, live, state, since, limit, offset))
 
 
 async def get_alert(request: web.Request) -> web.Response:
     alert_id = request.match_info["id"]
     full = bool(_bool_param(request, "full"))
     reads = request.app[KEY_READS]
-    detail = await reads.run(_alert_detail, reads, alert_id, request.app[KEY_DAEMON].settings, full)
+    detail = await reads.run(serialised, _alert_detail, reads, alert_id, request.app[KEY_DAEMON].settings, full)
     if detail is None:
         raise HttpError(404, f"no alert {alert_id!r}")
     return json_response(detail)

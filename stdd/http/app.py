@@ -47,6 +47,7 @@ MAX_LIMIT = 1000
 MAX_OFFSET = 1_000_000_000
 MAX_SQLITE_INT = 2**63 - 1
 HEARTBEAT_STALE_SECONDS = 120.0
+CANCEL_CLAIM_WAIT = 3.0  # seconds a just-claimed frame may take to reach the pool
 
 KEY_DAEMON = web.AppKey("daemon", object)
 KEY_READS = web.AppKey("reads", ReadPool)
@@ -87,9 +88,25 @@ def _clean(o: Any) -> Any:
     return o
 
 
+def json_text(data: Any) -> str:
+    return json.dumps(_clean(data), default=str, allow_nan=False)
+
+
 def json_response(data: Any, status: int = 200) -> web.Response:
-    body = json.dumps(_clean(data), default=str, allow_nan=False)
+    """Small answers: serialised on the loop. Large ones (lists, result.json) go through
+    `reads.run(serialised, ...)` so even the JSON encoding happens in a reader thread."""
+    body = data if isinstance(data, Serialised) else json_text(data)
     return web.Response(text=body, status=status, content_type="application/json")
+
+
+class Serialised(str):
+    """JSON text made in a reader thread."""
+
+
+def serialised(fn, *args, **kwargs) -> Serialised | None:
+    """Call `fn` (in a reader thread) and encode its answer there; None stays None."""
+    data = fn(*args, **kwargs)
+    return None if data is None else Serialised(json_text(data))
 
 
 def error_response(status: int, message: str, **extra: Any) -> web.Response:
@@ -392,14 +409,14 @@ async def get_frames(request: web.Request) -> web.Response:
     limit = _int_param(request, "limit", 100, 1, MAX_LIMIT)
     offset = _int_param(request, "offset", 0, 0, MAX_OFFSET)
     reads = request.app[KEY_READS]
-    return json_response(await reads.run(_frame_list, reads, state, since, alert, limit, offset))
+    return json_response(await reads.run(serialised, _frame_list, reads, state, since, alert, limit, offset))
 
 
 async def get_frame(request: web.Request) -> web.Response:
     frame_id = _frame_id(request)
     log_lines = _int_param(request, "log_lines", 50, 0, 5000)
     reads = request.app[KEY_READS]
-    detail = await reads.run(_frame_detail, reads, frame_id, log_lines, 100)
+    detail = await reads.run(serialised, _frame_detail, reads, frame_id, log_lines, 100)
     if detail is None:
         raise HttpError(404, f"no frame {frame_id}")
     return json_response(detail)
@@ -470,11 +487,17 @@ async def post_cancel(request: web.Request) -> web.Response:
         raise HttpError(404, f"no frame {frame_id}")
     if frame["state"] in TERMINAL:
         raise HttpError(409, f"frame {frame_id} is already {frame['state']}", state=frame["state"])
-    try:
-        result = await call(request.app[KEY_DAEMON].cancel, frame_id)
-    except SubmitError as e:
-        raise HttpError(409, str(e)) from None
-    state = result.get("state") if isinstance(result, dict) else None
+    deadline = time.monotonic() + CANCEL_CLAIM_WAIT
+    while True:
+        try:
+            result = await call(request.app[KEY_DAEMON].cancel, frame_id)
+        except SubmitError as e:
+            raise HttpError(409, str(e)) from None
+        state = result.get("state") if isinstance(result, dict) else None
+        # claimed a moment ago: the pool may not hold its process yet; ask again shortly
+        if state != "running" or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.1)
     if state not in ("cancelled", "cancelling"):
         raise HttpError(409, f"frame {frame_id} could not be cancelled: it is {state}", state=state)
     frame = await reads.run(_get_frame, reads, frame_id)
