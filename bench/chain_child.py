@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def chain():
         prepare_folder(args.frame, args.work)
-        return run_chain(args.work, settings, args.steps, on_stage)
+        return run_chain(args.work, settings, args.steps or settings.pipeline.steps, on_stage)
 
     profile = None
     t0 = time.perf_counter()
