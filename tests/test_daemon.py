@@ -48,6 +48,7 @@ def daemon(tmp_path):
             d.kill()
 
 
+@pytest.mark.slow
 def test_fifty_frames_at_once_each_once_then_a_copy_is_not_processed(daemon, tmp_path):
     d = daemon().start()
     staging = tmp_path / "staging"

@@ -482,8 +482,15 @@ class Daemon:
                     break
                 try:
                     job = self._job_for(frame)
+                except Exception as e:  # e.g. per-frame pipeline options that do not validate
+                    reason = f"cannot be started: {type(e).__name__}: {e}"
+                    log.error("frame=%d %s", frame["id"], reason)
+                    self.frames.finish(frame["id"], "failed", reason)
+                    await asyncio.to_thread(self._publish_outcome, self.frames.get(frame["id"]), "failed", reason)
+                    continue
+                try:
                     self.pool.submit(job)
-                except Exception as e:
+                except RuntimeError as e:  # the executor is stopping or broken: try again later
                     log.error("frame=%d cannot be started: %s; queued again", frame["id"], e)
                     self.frames.requeue(frame["id"], f"cannot be started: {e}", delay=5.0, count_attempt=False)
                     break
