@@ -143,6 +143,9 @@ class Intake:
         if self.watcher is None:
             return 0
         paths = await asyncio.to_thread(self.watcher.rescan)
+        present = set(paths)
+        for gone in [p for p in self._known if p not in present]:  # archived, deleted, quarantined
+            del self._known[gone]
         n = 0
         for path in paths:
             st = file_stat(path)
