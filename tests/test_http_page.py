@@ -114,10 +114,13 @@ async def test_status_page_in_chromium_and_alert_coverage(settings, tmp_path, sh
             assert sorted(int(r["id"]) for r in frames) == sorted(ids)
             for row in frames:
                 src = row["imgs"][0]["src"]
-                assert re.fullmatch(rf"/frames/{row['id']}/files/plots/inspect_preview\.png", src)
+                assert src == f"/frames/{row['id']}/thumbnail.png"
                 assert row["imgs"][0].get("data-loaded") == "1", "chromium did not load the thumbnail"
                 async with s.get(svc.url + src) as r:
-                    assert r.status == 200 and (await r.read()).startswith(b"\x89PNG")
+                    thumb = await r.read()
+                async with s.get(svc.url + f"/frames/{row['id']}/files/plots/inspect_preview.png") as r:
+                    assert r.status == 200 and thumb == await r.read()  # the stage's own preview
+                assert thumb.startswith(b"\x89PNG")
     by_id = {int(r["id"]): r["cells"] for r in frames}
     first = by_id[ids[0]]
     assert "night_0.fits" in first and "done" in first

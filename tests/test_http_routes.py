@@ -237,6 +237,17 @@ async def test_file_traversal_attempts_never_leave_the_folder(env, done_frame, t
     assert status == 200 and body == b"done\n"
 
 
+async def test_thumbnail_drawn_from_the_frame(env, done_frame):
+    status, png, resp = await env.get(f"/frames/{done_frame}/thumbnail.png")
+    assert status == 200 and png.startswith(b"\x89PNG") and resp.headers["Content-Type"] == "image/png"
+    cached = list((env.root / "var" / "cache" / "thumbnails").glob("*.png"))
+    assert len(cached) >= 1
+    status, again, _ = await env.get(f"/frames/{done_frame}/thumbnail.png")
+    assert again == png
+    status, body, _ = await env.get("/frames/777777/thumbnail.png")
+    assert status == 404
+
+
 async def test_frame_files_of_unknown_frame_404(env):
     status, body, _ = await env.get("/frames/424242/files/result.json")
     assert status == 404 and "no frame" in body["error"]

@@ -191,3 +191,35 @@ def test_openapi_document_is_valid():
             if method == "post":
                 assert op["security"] == [{"bearer": []}], path
                 assert "401" in op["responses"], path
+
+
+# -- thumbnails ---------------------------------------------------------------------------
+def test_thumbnail_from_real_frames(shared_data, tmp_path):
+    from PIL import Image
+
+    from stdd.http import thumbs
+
+    for name in ("feder_aspencg16_EYUMa_r_thumb256_orig.fit.gz", "orion_ssdsi_M13_blue_0001.fits"):
+        src = shared_data / "frames" / name
+        if not src.exists():
+            pytest.skip(f"{src} is not in the shared data")
+        out = thumbs.draw(src, tmp_path / f"{name}.png")
+        with Image.open(out) as im:
+            assert im.format == "PNG" and max(im.size) <= thumbs.SIZE and min(im.size) > 16
+            lo, hi = im.getextrema()
+            assert hi - lo > 100  # stretched, not a flat square
+
+
+def test_thumbnail_of_nothing(tmp_path):
+    from stdd.http import thumbs
+
+    with pytest.raises(thumbs.NoThumbnail, match="no image yet"):
+        thumbs.thumbnail_path({"id": 1, "sha256": "ab" * 32, "work_dir": None, "result_dir": None}, tmp_path)
+    table = tmp_path / "table.fits"
+    from astropy.io import fits
+    from astropy.table import Table
+
+    Table({"a": [1, 2]}).write(table)
+    with pytest.raises(thumbs.NoThumbnail, match="no 2-D image"):
+        thumbs.draw(table, tmp_path / "t.png")
+    assert fits.getheader(table, 1)["NAXIS"] == 2  # a table HDU is 2-D in FITS terms, but not an image

@@ -35,7 +35,7 @@ from ..pipeline import RESULT_FILE, STAGE_NAMES
 from ..store import STATES, TERMINAL, EventLog, FrameStore
 from ..store.alerts import AlertStore
 from ..store.stats import Stats
-from . import auth, files, openapi, page
+from . import auth, files, openapi, page, thumbs
 from .lag import LagMonitor
 from .metrics import CONTENT_TYPE, Metrics
 from .reads import ReadPool
@@ -437,6 +437,19 @@ async def get_frame_file(request: web.Request) -> web.StreamResponse:
                                            "Content-Security-Policy": "sandbox"})
 
 
+async def get_thumbnail(request: web.Request) -> web.StreamResponse:
+    frame_id = _frame_id(request)
+    reads = request.app[KEY_READS]
+    frame = await reads.run(_get_frame, reads, frame_id)
+    if frame is None:
+        raise HttpError(404, f"no frame {frame_id}")
+    try:
+        path = await reads.run(thumbs.thumbnail_path, frame, request.app[KEY_DAEMON].settings.paths.cache)
+    except thumbs.NoThumbnail as e:
+        raise HttpError(404, str(e)) from None
+    return web.FileResponse(path, headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "max-age=60"})
+
+
 async def post_frames(request: web.Request) -> web.Response:
     data = await _json_body(request)
     _only_keys(data, {"path", "priority", "steps"})
@@ -695,6 +708,7 @@ def create_app(daemon, *, token: str | None = None) -> web.Application:
     r.add_post("/frames", post_frames)
     r.add_get(r"/frames/{id}", get_frame)
     r.add_get(r"/frames/{id}/files/{name:.+}", get_frame_file)
+    r.add_get(r"/frames/{id}/thumbnail.png", get_thumbnail)
     r.add_post(r"/frames/{id}/cancel", post_cancel)
     r.add_post(r"/frames/{id}/retry", post_retry)
     r.add_post("/pause", post_pause)

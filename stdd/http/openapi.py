@@ -248,6 +248,12 @@ def document(version: str) -> dict[str, Any]:
                                   "content": {"*/*": {"schema": {}}}},
                           "403": _err("the name points outside the frame's folder"),
                           "404": _err("no such frame or file"), **COMMON_ERRORS}}},
+        "/frames/{id}/thumbnail.png": {"get": {
+            "summary": "A small picture of the frame: a stage's preview image, else drawn from the frame",
+            "security": OPEN, "tags": ["frames"], "parameters": [FRAME_ID],
+            "responses": {"200": {"description": "PNG (or the stage's own preview format)",
+                                  "content": {"*/*": {"schema": {}}}},
+                          "404": _err("no such frame, or nothing to draw yet"), **COMMON_ERRORS}}},
         "/frames/{id}/cancel": {"post": {
             "summary": "Cancel a queued or running frame", "security": AUTH, "tags": ["frames"],
             "parameters": [FRAME_ID],

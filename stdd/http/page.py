@@ -177,9 +177,8 @@ def render(data: dict[str, Any]) -> str:
             "<th>zero point</th><th>FWHM ″</th><th>limit</th><th>candidates</th><th>updated (UTC)</th></tr>")
         for f in frames:
             fid = f.get("id")
-            thumb = f.get("thumbnail")
-            img = (f"<img class='thumb' alt='' loading='lazy' src='/frames/{_e(fid)}/files/{_e(urllib.parse.quote(thumb))}'>"
-                   if thumb else "")
+            img = (f"<img class='thumb' alt='' loading='lazy' src='/frames/{_e(fid)}/thumbnail.png'>"
+                   if f.get("thumbnail") or f.get("work_dir") or f.get("result_dir") else "")
             state = f.get("state") or ""
             shown = state + (f" ({f.get('stage')})" if state == "running" and f.get("stage") else "")
             err = f" title='{_e(f.get('error'))}'" if f.get("error") else ""
