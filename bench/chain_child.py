@@ -51,12 +51,16 @@ def main(argv: list[str] | None = None) -> int:
     settings = StageSettings.model_validate(json.loads(args.settings.read_text()))
     stages: dict[str, float] = {}
     starts: dict[str, float] = {}
+    timer = ImportTimer()
+    before = _top_level_modules()
 
     def on_stage(name, phase, res):
         if phase == "start":
             starts[name] = time.perf_counter()
+            timer.stage = name
         else:
             stages[name] = round(time.perf_counter() - starts[name], 3)
+            timer.stage = None
 
     def chain():
         prepare_folder(args.frame, args.work)
@@ -64,23 +68,68 @@ def main(argv: list[str] | None = None) -> int:
 
     profile = None
     t0 = time.perf_counter()
-    if args.profile:
-        from bench.common import profile_top
+    with timer:
+        if args.profile:
+            from bench.common import profile_top
 
-        result, profile = profile_top(chain, args.profile)
-    else:
-        result = chain()
+            result, profile = profile_top(chain, args.profile)
+        else:
+            result = chain()
     total = time.perf_counter() - t0
     out = {
         "status": result.get("status"), "error": result.get("error"),
         "stage_states": {k: v.get("state") for k, v in (result.get("stages") or {}).items()},
         "stages": stages, "total_s": round(total, 3), "import_s": round(import_s, 3),
+        "imports_in_stages_s": {k: round(v, 3) for k, v in timer.by_stage.items()},
+        "imported_in_chain": sorted(_top_level_modules() - before),
         "peak_rss_mb": _hwm_mb(), "children_peak_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
         "sub_method": result.get("sub_method"), "sub_tiles": result.get("sub_tiles"),
         "notes": result.get("notes", [])[:20], "profile": profile,
     }
     print(json.dumps(out, default=str))
     return 0
+
+
+class ImportTimer:
+    """Seconds spent importing modules while each stage runs (outermost imports only): what a
+    fresh frame process pays for modules its fork server did not preload."""
+
+    def __init__(self):
+        self.by_stage: dict[str, float] = {}
+        self.stage: str | None = None
+        self._depth = 0
+
+    def __enter__(self):
+        import builtins
+        import importlib
+
+        self._orig = (builtins.__import__, importlib.import_module)
+        builtins.__import__ = self._wrap(self._orig[0])
+        importlib.import_module = self._wrap(self._orig[1])
+        return self
+
+    def __exit__(self, *exc):
+        import builtins
+        import importlib
+
+        builtins.__import__, importlib.import_module = self._orig
+
+    def _wrap(self, fn):
+        def timed(*a, **k):
+            if self._depth or self.stage is None:
+                return fn(*a, **k)
+            self._depth += 1
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                self._depth -= 1
+                self.by_stage[self.stage] = self.by_stage.get(self.stage, 0.0) + time.perf_counter() - t0
+        return timed
+
+
+def _top_level_modules() -> set[str]:
+    return {n.split(".")[0] for n in list(sys.modules)} - set(sys.stdlib_module_names)
 
 
 def _hwm_mb() -> float | None:

@@ -112,6 +112,9 @@ def measure(ctx: Context) -> dict[str, Value]:
         per_size[size] = runs
 
     out: dict[str, Value] = {}
+    first = per_size[min(per_size)]["stdd"][0]
+    ctx.shared["chain_imports"] = {"size": min(per_size), "seconds": first.get("imports_in_stages_s") or {},
+                                   "modules": first.get("imported_in_chain") or []}
     stage_seconds = {f"{s}²": {side: (_stage_medians(r) if r else None) for side, r in runs.items()}
                      for s, runs in per_size.items()}
     r2k = per_size[2048]["stdd"]
@@ -119,6 +122,7 @@ def measure(ctx: Context) -> dict[str, Value]:
     methods = sorted({str(r.get("sub_method")) for r in r2k})
     v = Value(rnd(median(r["total_s"] for r in r2k), 2), runs=[r["total_s"] for r in r2k],
               context={"stage_seconds": stage_seconds, "status": states, "sub_method": methods,
+                       "imports_in_stages_s": r2k[0].get("imports_in_stages_s"),
                        "sub_tiles": r2k[0].get("sub_tiles"), "notes": r2k[0].get("notes")})
     sec = stage_seconds["2048²"]["stdd"]
     v.note = (f"median of {len(r2k)}, status {'/'.join(map(str, states))}, method {'/'.join(methods)}; per stage "
@@ -128,6 +132,9 @@ def measure(ctx: Context) -> dict[str, Value]:
     if v.value is not None and v.value > 30:
         slowest = max((s for s in STAGES if sec.get(s) is not None), key=lambda s: sec[s], default=None)
         v.note += f"; over the goal, limited by {slowest} ({sec.get(slowest)} s)"
+        imp = sum((r2k[0].get("imports_in_stages_s") or {}).values())
+        if imp > 0.5:
+            v.note += f"; {imp:.1f} s of it is importing modules the fork server does not preload"
         if not ctx.quick:
             field = field_of(ctx, 2048, 1)
             prof = ours(ctx, field, field.frames[0], "stdd-2048-profile", timeout, profile=25)

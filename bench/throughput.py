@@ -117,14 +117,14 @@ def measure(ctx: Context) -> dict[str, Value]:
         overhead.note += warn
         scaling.note += warn
     if overhead.value is not None and overhead.value > 1.05:
-        overhead.note += "; " + _overhead_limits(repeats)
+        overhead.note += "; " + _overhead_limits(repeats, ctx.shared.get("chain_imports"))
     if scaling.value is not None and scaling.value < 1.8:
         scaling.note += ("; with 2 workers on 2 cores the frames compete for the cores with the daemon itself, "
                          "the watcher and SExtractor/SCAMP children")
     return {"overhead_ratio": overhead, "scaling_2v1": scaling}
 
 
-def _overhead_limits(repeats: list[dict]) -> str:
+def _overhead_limits(repeats: list[dict], imports: dict | None = None) -> str:
     """What the daemon spends beyond the plain script, stage by stage (the profile of the gap)."""
     r = repeats[0]
     ours = r["sides"]["w1"]["stage_seconds_median"]
@@ -139,4 +139,14 @@ def _overhead_limits(repeats: list[dict]) -> str:
             gaps.append((sec - plain[stage], stage, sec, plain[stage]))
     gaps.sort(reverse=True)
     parts = [f"{s} {a:.2f} s vs {b:.2f} s" for _, s, a, b in gaps[:4]]
-    return "per stage, daemon vs plain: " + ", ".join(parts) if parts else "no per-stage figures"
+    text = "per stage, daemon vs plain: " + ", ".join(parts) if parts else "no per-stage figures"
+    imp = imports or {}
+    secs = sum((imp.get("seconds") or {}).values())
+    if secs > 0.2:
+        heavy = [m for m in imp.get("modules", []) if m in ("matplotlib", "scipy", "sklearn", "statsmodels", "skimage",
+                                                             "photutils", "astroquery", "astroscrappy", "sep_x",
+                                                             "pandas", "PIL", "numba")]
+        text += (f"; each frame process spends {secs:.1f} s importing modules its fork server does not preload "
+                 f"({', '.join(heavy)}; measured by bench.chain_child on a {imp.get('size')}² frame), which the "
+                 f"plain script pays once")
+    return text
