@@ -195,7 +195,14 @@ class WarmPool(WorkerPlugin):
             log.warning("stdd: cannot start the frame pool on %s: %s", worker.address, e)
 
 
+_WORKER_GOING = {"closing", "closing_gracefully", "closed", "stopping", "stopped", "failed"}
+
+
 def _task_cancelled(worker, key) -> bool:
+    """The daemon cancelled the task, its client went away, or this worker is closing (it
+    lost the scheduler, or is being stopped): the frame will not be reported from here."""
+    if getattr(worker.status, "name", "running") in _WORKER_GOING:
+        return True
     ts = worker.state.tasks.get(key)
     return ts is None or ts.state == "cancelled"
 
@@ -646,7 +653,12 @@ class DaskExecutor(Executor):
             if self._jobs.pop(j.token, None) is None:
                 return
             self._by_frame.pop(j.job.frame_id, None)
-        j.future = None  # releases the task's key on the cluster
+        f, j.future = j.future, None
+        if f is not None:  # the cluster forgets the task (and stops any run of it Dask still makes)
+            try:
+                f.release()
+            except Exception:
+                pass
         seconds = round(time.monotonic() - (j.started or j.submitted), 3)
         stage = j.phase if j.phase not in ("queued on the cluster",) else None
         where = {"worker": j.worker, "host": j.host}
