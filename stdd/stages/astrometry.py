@@ -103,11 +103,14 @@ def scamp_refine(obj: Table, cat: Table, wcs: WCS, *, sr_arcsec: float, order: i
     from stdpipe import astrometry as sa
 
     sel = (np.asarray(obj["flags"]) & ~CENTROID_OK_FLAGS) == 0
-    o = brightest(obj[sel] if sel.sum() >= 10 else obj, 1000)
+    o = brightest(obj[sel] if sel.sum() >= 10 else obj, 400)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            w = sa.refine_wcs_scamp(o.copy(), cat, wcs=wcs, sr=sr_arcsec / 3600, order=order,
+            # the distortion degree is chosen on held-out stars (up to `order`), so a plain TAN
+            # frame is not over-fitted by a cubic
+            w = sa.refine_wcs_scamp(o.copy(), cat, wcs=wcs, sr=sr_arcsec / 3600,
+                                    order="auto" if order > 1 else order, auto_max_order=max(order, 1),
                                     cat_col_ra="RAJ2000", cat_col_dec="DEJ2000",
                                     cat_col_mag=mag_col or "nomag", cat_col_mag_err=f"e_{mag_col}" if mag_col else "nomag",
                                     position_maxerr=position_maxerr_arcmin, sn=[3.0, 10.0],

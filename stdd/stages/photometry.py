@@ -27,6 +27,7 @@ from . import astrometry as astro
 from . import filters
 from .base import StageError, StageSettings
 from .inspect import frame_geometry
+from .measure import measure
 from .products import (StageRun, ds9_regions, finite_or_none, read_json, save_figure, write_fits,
                        write_json, write_table, write_text)
 from .zeropoint import ZeroPointModel
@@ -70,12 +71,13 @@ def _photometry(run: StageRun, settings: StageSettings):
     detect_mask = (bits & np.uint8(1 | 4 | 16)) > 0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        obj = sp.get_objects_sextractor(image, mask=mask, mask_detect=detect_mask, thresh=p.detection_thresh,
+        res = sp.get_objects_sextractor(image, mask=mask, mask_detect=detect_mask, thresh=p.detection_thresh,
                                         aper=p.initial_aper, gain=gain or 0.0, edge=max(4, int(p.initial_aper)),
                                         minarea=p.minarea, sn=3.0, bg_size=_bg_size(p.bg_size, shape),
                                         extra_params=["MAG_AUTO", "ISOAREA_IMAGE", "XWIN_IMAGE", "YWIN_IMAGE",
-                                                      "ERRX2WIN_IMAGE", "ERRY2WIN_IMAGE"],
-                                        _tmpdir=tmp, verbose=run.log)
+                                                      "ERRX2WIN_IMAGE", "ERRY2WIN_IMAGE", "NUMBER"],
+                                        checkimages=["SEGMENTATION"], _tmpdir=tmp, verbose=run.log)
+    obj, segm = res if isinstance(res, list) else (res, None)
     if obj is None:
         raise StageError(f"{STAGE}: SExtractor (source-extractor) failed; see photometry.log")
     # windowed centroids are the accurate ones (SExtractor manual); keep the isophotal ones where
@@ -99,15 +101,21 @@ def _photometry(run: StageRun, settings: StageSettings):
     if p.prefilter_outliers and len(obj) >= 30:
         _prefilter(run, obj)
 
-    fwhm = _fwhm(run, obj)
+    fwhm0 = _fwhm(run, obj)
+    fwhm = _fit_fwhm(run, image, mask, obj, fwhm0)
     aper = max(p.rel_aper * fwhm, p.min_aper_pixels)
     run.log(f"FWHM {fwhm:.2f} px; aperture radius {aper:.2f} px, annulus {p.rel_bg1 * fwhm:.1f}..{p.rel_bg2 * fwhm:.1f} px")
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        obj = spm.measure_objects(obj, image, aper=aper / fwhm, fwhm=fwhm, bkgann=(p.rel_bg1, p.rel_bg2),
-                                  mask=mask, gain=gain, bg_size=_bg_size(p.bg_size, shape), optimal=p.optimal_extraction,
-                                  sn=None, keep_negative=True, verbose=False)
+    if p.optimal_extraction:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            obj = spm.measure_objects(obj, image, aper=aper / fwhm, fwhm=fwhm, bkgann=(p.rel_bg1, p.rel_bg2),
+                                      mask=mask, gain=gain, bg_size=_bg_size(p.bg_size, shape), optimal=True,
+                                      sn=None, keep_negative=True, verbose=False)
+    else:
+        obj = measure(obj, image, mask, fwhm=fwhm, aper=aper, bkgann=(p.rel_bg1 * fwhm, p.rel_bg2 * fwhm),
+                      gain=gain, bg_size=_bg_size(p.bg_size, shape), segm=segm,
+                      ids=np.asarray(obj["NUMBER"]) if segm is not None else None)
     ok = np.isfinite(obj["flux"]) & np.isfinite(obj["fluxerr"]) & (obj["fluxerr"] > 0) & (obj["flux"] > 0)
     obj = obj[ok]
     obj = obj[obj["flux"] / obj["fluxerr"] >= p.sn]
@@ -129,7 +137,7 @@ def _photometry(run: StageRun, settings: StageSettings):
             f"rms {sol.check.rms_arcsec:.3f}\"")
 
     # ---- zero point
-    zp_model, m, calib_notes = _calibrate(run, p, obj, cat, band, fwhm, pixscale, aper)
+    zp_model, m, calib_notes, calcat = _calibrate(run, p, obj, cat, band, fwhm, pixscale, aper)
     summary_zp = {"zp": None, "zp_err": None, "zp_scatter": None, "color_term": None, "color_term_err": None,
                   "color": None, "catalog_band": None, "n_stars_calib": 0, "zeropoint_model": None}
     obj["mag_calib"] = np.full(len(obj), np.nan)
@@ -149,7 +157,9 @@ def _photometry(run: StageRun, settings: StageSettings):
         obj["cat_mag"][oidx] = m["cmag"]
         if zp_model.color:
             c1, c2 = zp_model.color.split("-")
-            obj["cat_color"][oidx] = np.asarray(cat[f"{c1}mag"], float)[cidx] - np.asarray(cat[f"{c2}mag"], float)[cidx]
+            obj["cat_color"][oidx] = np.asarray(calcat[f"{c1}mag"], float)[cidx] - np.asarray(calcat[f"{c2}mag"], float)[cidx]
+        _flag_catalog_blends(obj, cat, zp_model.catalog_band, catinfo["match_radius"] / 3600,
+                             2 * fwhm * pixscale / 3600)
         obj["mag_calib"] = zp_model.calibrate(obj["x"], obj["y"], obj["mag"], obj["cat_color"])
         obj["mag_calib_err"] = np.hypot(obj["magerr"], zp_model.zp_err(obj["x"], obj["y"], obj["mag"]))
         summary_zp = {"zp": round(zp_c, 5), "zp_err": round(zp_ce, 5),
@@ -166,7 +176,7 @@ def _photometry(run: StageRun, settings: StageSettings):
         run.note(n)
 
     # ---- targets
-    targets = _targets(run, p, state, image, mask, gain, wcs, fwhm, aper, zp_model, shape)
+    targets = _targets(run, p, state, image, mask, gain, wcs, fwhm, aper, zp_model, shape, segm)
 
     # ---- products
     keep = [c for c in ("ra", "dec", "x", "y", "xerr", "yerr", "flux", "fluxerr", "mag", "magerr", "mag_calib",
@@ -243,6 +253,69 @@ def _fwhm(run, obj) -> float:
         run.note(f"FWHM from only {int(sel.sum())} objects (too few clean bright stars)")
         return float(np.median(fr[sel]))
     raise StageError(f"{STAGE}: cannot estimate the FWHM (no usable object)")
+
+
+def _fit_fwhm(run, image, mask, obj, fwhm0: float) -> float:
+    """FWHM from Moffat fits to bright isolated unflagged stars (median), or `fwhm0` when that fails.
+
+    2·FLUX_RADIUS (STDWeb's estimate, `fwhm0`) is the half-light diameter, which for real (Moffat)
+    profiles is 20–35 % larger than the FWHM; the aperture and the limit are defined on the FWHM."""
+    from scipy.optimize import least_squares
+
+    if fwhm0 < 2.0:
+        return fwhm0  # undersampled: too few pixels for a profile fit
+    flags = np.asarray(obj["flags"])
+    sn = 1.0 / np.maximum(np.asarray(obj["magerr"], float), 1e-6)
+    x, y = np.asarray(obj["x"], float), np.asarray(obj["y"], float)
+    sel = np.where((flags == 0) & (sn > 30))[0]
+    if len(sel) < 5:
+        return fwhm0
+    # isolated: no other detection within 3·fwhm0
+    from scipy.spatial import cKDTree
+
+    tree = cKDTree(np.c_[x, y])
+    counts = np.array([len(tree.query_ball_point([x[i], y[i]], 3 * fwhm0)) for i in sel])
+    sel = sel[counts == 1]
+    sel = sel[np.argsort(-sn[sel])][:60]
+    r = int(math.ceil(2.5 * fwhm0))
+    h, w = image.shape
+    yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
+    fits_ = []
+    for i in sel:
+        ix, iy = int(round(x[i])), int(round(y[i]))
+        if ix - r < 0 or iy - r < 0 or ix + r >= w or iy + r >= h:
+            continue
+        stamp = image[iy - r:iy + r + 1, ix - r:ix + r + 1]
+        if mask[iy - r:iy + r + 1, ix - r:ix + r + 1].any() or not np.all(np.isfinite(stamp)):
+            continue
+        bg = np.median(np.concatenate([stamp[0], stamp[-1], stamp[:, 0], stamp[:, -1]]))
+        data = stamp - bg
+        amp0 = data.max()
+        if amp0 <= 0:
+            continue
+        dx0, dy0 = x[i] - ix, y[i] - iy
+
+        def resid(q):
+            a, cx, cy, alpha, beta = q
+            return (a * (1 + ((xx - cx) ** 2 + (yy - cy) ** 2) / alpha ** 2) ** (-beta) - data).ravel()
+
+        alpha0 = fwhm0 / 2.0
+        try:
+            res = least_squares(resid, [amp0, dx0, dy0, alpha0, 2.5],
+                                bounds=([0, -2, -2, 0.2, 1.1], [10 * amp0, 2, 2, 5 * fwhm0, 20]), max_nfev=200)
+        except ValueError:
+            continue
+        if not res.success:
+            continue
+        _, _, _, alpha, beta = res.x
+        fits_.append(2 * alpha * math.sqrt(2 ** (1 / beta) - 1))
+    if len(fits_) < 5:
+        return fwhm0
+    f = float(np.median(fits_))
+    run.log(f"FWHM from Moffat fits to {len(fits_)} stars: {f:.2f} px (2·FLUX_RADIUS {fwhm0:.2f} px)")
+    if not (0.4 * fwhm0 < f < 1.5 * fwhm0):
+        return fwhm0
+    return f
 
 
 def _catalog(run, settings, ra, dec, radius, band):
@@ -404,7 +477,7 @@ def _calibrate(run, p, obj, cat: Table, band: str, fwhm: float, pixscale: float,
     cat_band = band if band in bands else filters.nearest_band(band, bands)
     if cat_band is None:
         notes.append(f"the reference catalogue has no magnitudes; no photometric calibration (zp is null)")
-        return None, None, notes
+        return None, None, notes, None
     if cat_band != band:
         notes.append(f"the reference catalogue has no {band} magnitudes; calibrated against {cat_band}mag "
                      "(the nearest band it has)")
@@ -421,7 +494,7 @@ def _calibrate(run, p, obj, cat: Table, band: str, fwhm: float, pixscale: float,
             color = f"{c1}-{c2}"
     if len(c) < 3:
         notes.append(f"only {len(c)} catalogue stars with {col} <= {p.cat_limit}; no photometric calibration")
-        return None, None, notes
+        return None, None, notes, None
     sr = match_radius_arcsec(fwhm, pixscale) / 3600
     order = p.spatial_order
     ecol = f"e_{col}" if f"e_{col}" in c.colnames and np.any(np.isfinite(np.asarray(c[f'e_{col}'], float))) else None
@@ -449,13 +522,31 @@ def _calibrate(run, p, obj, cat: Table, band: str, fwhm: float, pixscale: float,
     if m is None:
         notes.append(f"photometric calibration failed: too few matched stars between {len(obj)} objects and "
                      f"{len(c)} catalogue stars (bad astrometry?)")
-        return None, None, notes
+        return None, None, notes, None
     med_sep = float(np.median(m["dist"][m["idx"]])) * 3600
     if med_sep > 0.6 * sr * 3600:
         notes.append(f"the photometric match looks random (median separation {med_sep:.2f}\"); bad astrometry?")
     model = ZeroPointModel.from_match(m, spatial_order=attempt_order, bg_order=0 if p.bg_term else None,
                                       nonlin=p.nonlin_term, color=color, aperture_pixels=aper, catalog_band=cat_band)
-    return model, m, notes
+    return model, m, notes, c
+
+
+FLAG_CATALOG_BLEND = 0x2000
+
+
+def _flag_catalog_blends(obj, cat, band, match_deg, radius_deg):
+    """Flag (0x2000) objects whose catalogue star has a neighbour within 2·FWHM at most 2.5 mag
+    fainter: their centroid and flux are those of an unresolved blend."""
+    from stdpipe import astrometry as sa
+
+    col = f"{band}mag"
+    i, j, _ = sa.spherical_match(cat["RAJ2000"], cat["DEJ2000"], cat["RAJ2000"], cat["DEJ2000"], radius_deg)
+    mag = np.asarray(cat[col], float)
+    pair = (i != j) & (mag[j] < mag[i] + 2.5)
+    blended = np.zeros(len(cat), bool)
+    blended[i[pair]] = True
+    oi, ci, _ = sa.spherical_match(obj["ra"], obj["dec"], cat["RAJ2000"], cat["DEJ2000"], match_deg)
+    obj["flags"][np.unique(oi[blended[ci]])] |= FLAG_CATALOG_BLEND
 
 
 def _blend_filter(cat: Table, col: str, radius_deg: float) -> Table:
@@ -493,9 +584,16 @@ def _limits(run, obj, model: ZeroPointModel, sn: float, shape):
     return lim, lim_sn
 
 
-def _targets(run, p, state, image, mask, gain, wcs, fwhm, aper, model, shape) -> list[dict]:
-    from stdpipe import photometry_measure as spm
+def _segment_at(segm, tab):
+    if segm is None:
+        return None
+    h, w = segm.shape
+    ix = np.clip(np.round(np.asarray(tab["x"], float)).astype(int), 0, w - 1)
+    iy = np.clip(np.round(np.asarray(tab["y"], float)).astype(int), 0, h - 1)
+    return segm[iy, ix]
 
+
+def _targets(run, p, state, image, mask, gain, wcs, fwhm, aper, model, shape, segm) -> list[dict]:
     out = []
     targets = state.get("targets") or []
     if not targets:
@@ -517,11 +615,8 @@ def _targets(run, p, state, image, mask, gain, wcs, fwhm, aper, model, shape) ->
     if inside:
         tab = Table({"x": [r[1] for r in inside], "y": [r[2] for r in inside]})
         tab["flags"] = np.zeros(len(tab), np.int32)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            res = spm.measure_objects(tab, image, aper=aper / fwhm, fwhm=fwhm, bkgann=(p.rel_bg1, p.rel_bg2),
-                                      mask=mask, gain=gain, bg_size=_bg_size(p.bg_size, shape), sn=None,
-                                      keep_negative=True)
+        res = measure(tab, image, mask, fwhm=fwhm, aper=aper, bkgann=(p.rel_bg1 * fwhm, p.rel_bg2 * fwhm),
+                      gain=gain, bg_size=_bg_size(p.bg_size, shape), segm=segm, ids=_segment_at(segm, tab))
         for (t, x, y, ra, dec), r in zip(inside, res):
             measured[id(t)] = r
     table_rows = []
