@@ -348,3 +348,18 @@ def test_the_daemon_on_dask_retries_a_frame_whose_worker_was_killed(tmp_path, cl
     finally:
         if d.proc is not None and d.proc.poll() is None:
             d.kill()
+
+
+def test_workers_setting_caps_frames_in_flight_and_zero_means_the_whole_cluster():
+    ex = DaskExecutor("tcp://127.0.0.1:9", workers=0)
+    ex.cluster_threads, ex.connected = 12, True  # as the scheduler would report them
+    assert ex.free_slots() == 12
+    ex.configure(workers=os.cpu_count() or 1)  # what a reload passes for `workers = 0`
+    assert ex.free_slots() == 12 and ex.status()["workers"] == 12
+    ex.configure(workers=3, stage_timeout=60, stage_timeouts={"photometry": 600.0}, kill_grace=2)
+    assert ex.free_slots() == 3 and ex._worker_settings() == {
+        "stage_timeout": 60.0, "stage_timeouts": {"photometry": 600.0}, "kill_grace": 2.0}
+    ex.cluster_threads = 2
+    assert ex.free_slots() == 2
+    ex.connected = False
+    assert ex.free_slots() == 0

@@ -316,6 +316,7 @@ class DaskExecutor(Executor):
         self.last_error: str | None = None
         self.cluster_threads = 0
         self.cluster_workers = 0
+        self._cluster_logged: tuple[int, int] | None = None
         self._jobs: dict[str, _Job] = {}          # by token
         self._by_frame: dict[int, str] = {}
         self._lock = threading.RLock()
@@ -513,9 +514,8 @@ class DaskExecutor(Executor):
                 log.warning("pool: dask: cannot register the warm-up plugin (%s); first frames start cold", e)
         self.connected = True
         self.last_error = None
+        log.info("pool: dask, connected to the scheduler at %s", self.scheduler)
         self._refresh()
-        log.info("pool: dask, scheduler %s: %d worker(s), %d thread(s)", self.scheduler, self.cluster_workers,
-                 self.cluster_threads)
         self._connected_once.set()
 
     def _worker_settings(self) -> dict[str, Any]:
@@ -528,16 +528,27 @@ class DaskExecutor(Executor):
             threads = self.client.nthreads()
         except Exception as e:
             self.last_error = f"scheduler not answering: {type(e).__name__}: {e}"
-            self.connected = self._client_ok() and self.client.status == "running"
+            self._set_connected(self._client_ok() and self.client.status == "running")
             return
         with self._lock:
             self.cluster_workers = len(threads)
             self.cluster_threads = int(sum(threads.values()))
-        self.connected = self.client.status == "running"
+        if self._cluster_logged != (self.cluster_workers, self.cluster_threads):
+            self._cluster_logged = (self.cluster_workers, self.cluster_threads)
+            log.log(logging.WARNING if not self.cluster_threads else logging.INFO,
+                    "pool: dask: the cluster has %d worker(s), %d thread(s)%s", self.cluster_workers,
+                    self.cluster_threads, "; frames wait in the queue" if not self.cluster_threads else "")
+        self._set_connected(self.client.status == "running")
+
+    def _set_connected(self, value: bool) -> None:
+        if self.connected and not value:
+            log.warning("pool: dask: lost the scheduler at %s (%s); frames wait in the queue, reconnecting",
+                        self.scheduler, self.last_error or "connection closed")
+        self.connected = value
 
     def _close_client(self) -> None:
         c, self.client = self.client, None
-        self.connected = False
+        self._set_connected(False)
         if c is None:
             return
         try:
@@ -564,8 +575,8 @@ class DaskExecutor(Executor):
             self._stop_by = time.monotonic() + item[1]
             with self._lock:
                 jobs = list(self._jobs.values())
-            for j in jobs:
-                if j.run is None or j.phase == "between stages":
+            for j in jobs:  # not yet in a stage: stop now; in one: at its end (see _on_event)
+                if j.run is None or j.phase in ("prepare", "between stages"):
                     self._interrupt(j)
 
     def _interrupt(self, j: _Job) -> None:
