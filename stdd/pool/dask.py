@@ -289,7 +289,6 @@ class _Job:
     outcome: tuple[str, str] | None = None  # (lost reason, message) decided here
     cancel_sent: bool = False
     confirm_by: float | None = None     # after a cancel: emit the lost event by then anyway
-    future_done: bool = False
 
 
 class DaskExecutor(Executor):
@@ -366,8 +365,7 @@ class DaskExecutor(Executor):
             raise RuntimeError(f"not connected to the Dask scheduler at {self.scheduler}")
         token = uuid.uuid4().hex
         key = f"stdd-frame-{job.frame_id}-{job.attempt}-{token[:8]}"
-        settings = {"stage_timeout": self.stage_timeout, "stage_timeouts": self.stage_timeouts,
-                    "kill_grace": self.kill_grace}
+        settings = self._worker_settings()
         data = job.to_dict()
         if self.paths:
             data = self.paths.to_worker(data)
@@ -695,7 +693,6 @@ class DaskExecutor(Executor):
             j = self._jobs.get(token)
         if j is None or j.future is None:
             return
-        j.future_done = True
         f = j.future
         status = f.status
         if status == "finished":
