@@ -37,7 +37,7 @@ def make_settings(root: Path, **sections):
     return settings_from_dict(data, base=root)
 
 
-async def until(cond, timeout=20.0):
+async def until(cond, timeout=60.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if cond():

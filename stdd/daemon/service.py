@@ -279,6 +279,7 @@ class Daemon:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
+        self._events_lock = asyncio.Lock()
         self._install_signals()
         try:
             await self._start()
@@ -476,25 +477,29 @@ class Daemon:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while self.state == "running" and self.pool.free_slots() > 0:
-                frame = self.frames.claim_next(self.pool.name)
-                if frame is None:
-                    break
-                try:
-                    job = self._job_for(frame)
-                except Exception as e:  # e.g. per-frame pipeline options that do not validate
-                    reason = f"cannot be started: {type(e).__name__}: {e}"
-                    log.error("frame=%d %s", frame["id"], reason)
-                    self.frames.finish(frame["id"], "failed", reason)
-                    await asyncio.to_thread(self._publish_outcome, self.frames.get(frame["id"]), "failed", reason)
-                    continue
-                try:
-                    self.pool.submit(job)
-                except RuntimeError as e:  # the executor is stopping or broken: try again later
-                    log.error("frame=%d cannot be started: %s; queued again", frame["id"], e)
-                    self.frames.requeue(frame["id"], f"cannot be started: {e}", delay=5.0, count_attempt=False)
-                    break
-                log.info("frame=%d started (attempt %d) %s", frame["id"], frame["attempts"], frame["name"])
+            async with self._events_lock:  # never between the events of one batch (a crash may pause)
+                await self._dispatch()
+
+    async def _dispatch(self) -> None:
+        while self.state == "running" and self.pool.free_slots() > 0:
+            frame = self.frames.claim_next(self.pool.name)
+            if frame is None:
+                break
+            try:
+                job = self._job_for(frame)
+            except Exception as e:  # e.g. per-frame pipeline options that do not validate
+                reason = f"cannot be started: {type(e).__name__}: {e}"
+                log.error("frame=%d %s", frame["id"], reason)
+                self.frames.finish(frame["id"], "failed", reason)
+                await asyncio.to_thread(self._publish_outcome, self.frames.get(frame["id"]), "failed", reason)
+                continue
+            try:
+                self.pool.submit(job)
+            except RuntimeError as e:  # the executor is stopping or broken: try again later
+                log.error("frame=%d cannot be started: %s; queued again", frame["id"], e)
+                self.frames.requeue(frame["id"], f"cannot be started: {e}", delay=5.0, count_attempt=False)
+                break
+            log.info("frame=%d started (attempt %d) %s", frame["id"], frame["attempts"], frame["name"])
 
     def _job_for(self, frame: dict) -> FrameJob:
         s = self.settings
@@ -523,11 +528,14 @@ class Daemon:
         self._pumping = True
         while self._pumping:
             events = await asyncio.to_thread(self.pool.poll, 0.25)
-            for ev in events:
-                try:
-                    await self._on_event(ev)
-                except Exception:
-                    log.exception("frame=%d error recording %s event", ev.frame_id, ev.kind)
+            if not events:
+                continue
+            async with self._events_lock:
+                for ev in events:
+                    try:
+                        await self._on_event(ev)
+                    except Exception:
+                        log.exception("frame=%d error recording %s event", ev.frame_id, ev.kind)
 
     async def _on_event(self, ev: PoolEvent) -> None:
         fid = ev.frame_id

@@ -84,6 +84,7 @@ class LocalPool(Executor):
         self._stop_by: float | None = None
         self._closed = threading.Event()
         self._pending = 0  # submitted, not yet started by the supervisor
+        self._unpolled = 0  # ended, but the terminal event not yet handed out by poll(): still a busy slot
 
     @classmethod
     def from_settings(cls, pool) -> "LocalPool":
@@ -111,7 +112,7 @@ class LocalPool(Executor):
         if self._stopping:
             return 0
         with self._lock:
-            return max(0, self.workers - len(self._running) - self._pending)
+            return max(0, self.workers - len(self._running) - self._pending - self._unpolled)
 
     def submit(self, job: FrameJob) -> None:
         if self._stopping:
@@ -132,6 +133,8 @@ class LocalPool(Executor):
         return True
 
     def poll(self, timeout: float = 0.0) -> list[PoolEvent]:
+        """A frame's slot stays busy until its terminal event is handed out here, so the
+        caller has seen a death (and can pause) before it can fill the slot again."""
         out = []
         try:
             out.append(self._events.get(timeout=timeout) if timeout > 0 else self._events.get_nowait())
@@ -141,7 +144,12 @@ class LocalPool(Executor):
             try:
                 out.append(self._events.get_nowait())
             except queue.Empty:
-                return out
+                break
+        ended = sum(e.kind in ("finished", "lost") for e in out)
+        if ended:
+            with self._lock:
+                self._unpolled = max(0, self._unpolled - ended)
+        return out
 
     def running_ids(self) -> list[int]:
         with self._lock:
@@ -187,6 +195,9 @@ class LocalPool(Executor):
             pass
 
     def _emit(self, kind: str, r: _Running, **kw) -> None:
+        if kind in ("finished", "lost"):
+            with self._lock:
+                self._unpolled += 1
         self._events.put(PoolEvent(kind=kind, frame_id=r.job.frame_id, attempt=r.job.attempt, pid=r.pid, **kw))
 
     def _timeout_for(self, phase: str) -> float:
@@ -266,6 +277,8 @@ class LocalPool(Executor):
                 self._pending -= 1
             parent_conn.close()
             child_conn.close()
+            with self._lock:
+                self._unpolled += 1
             self._events.put(PoolEvent(kind="lost", frame_id=job.frame_id, attempt=job.attempt, state="error",
                                        error=f"could not start a frame process: {type(e).__name__}: {e}"))
             return
