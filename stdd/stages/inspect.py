@@ -168,8 +168,9 @@ def _inspect(run: StageRun, settings: StageSettings):
     hdr = header.copy()
     for k in ("BSCALE", "BZERO", "BLANK"):
         hdr.remove(k, ignore_missing=True)
-    write_fits(run.product("image.fits"), image.astype(np.float32), hdr)
-    write_fits(run.product("mask.fits"), mask, _mask_header())
+    big = run.product if p.publish_images else (lambda rel: run.folder / rel)
+    write_fits(big("image.fits"), image.astype(np.float32), hdr)
+    write_fits(big("mask.fits"), mask, _mask_header())
     state = {
         "band": band, "gain": gain, "saturation": sat, "time_start": time_start, "time_mid": time_mid,
         "exptime": exptime, "wcs_state": wcs_state, "ra": ra, "dec": dec, "radius_deg": radius,

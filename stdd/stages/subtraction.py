@@ -108,8 +108,9 @@ def _subtraction(run: StageRun, settings: StageSettings):
         return run.skipped(f"no subtraction: the template ({tmpl.source}) covers "
                            f"{100 * covered.mean():.1f}% of the frame", {"template": tmpl.source})
     tmask = _template_mask(run, settings, template, tmpl, wcs, state["band"])
-    write_fits(run.product("template.fits"), template.astype(np.float32), wcs.to_header(relax=True))
-    write_fits(run.product("template_mask.fits"), tmask.astype(np.uint8), wcs.to_header(relax=True))
+    big = run.product if p.publish_images else (lambda rel: run.folder / rel)
+    write_fits(big("template.fits"), template.astype(np.float32), wcs.to_header(relax=True))
+    write_fits(big("template_mask.fits"), tmask.astype(np.uint8), wcs.to_header(relax=True))
 
     # ---- objects for the kernel fit
     if (run.folder / "objects.fits").is_file():
@@ -145,10 +146,8 @@ def _subtraction(run: StageRun, settings: StageSettings):
     if all(t.get("error") for t in tiles):
         raise StageError(f"{STAGE}: the subtraction failed on every tile: {tiles[0]['error']}")
     whdr = wcs.to_header(relax=True)
-    write_fits(run.product("diff.fits") if p.publish_images else run.folder / "diff.fits", diff_full, whdr)
-    write_fits(run.product("diff_err.fits") if p.publish_images else run.folder / "diff_err.fits", err_full, whdr)
-    if p.publish_images:
-        run.product("template.fits")
+    write_fits(big("diff.fits"), diff_full, whdr)
+    write_fits(big("diff_err.fits"), err_full, whdr)
 
     # noise check: the difference over its error map, away from sources and masks
     ratio = _noise_ratio(diff_full, err_full, mask | tmask, obj, fwhm)
