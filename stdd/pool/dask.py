@@ -475,7 +475,7 @@ class DaskExecutor(Executor):
                 self._cancel_future(j)
             raise
         finally:
-            self._close_client()
+            self._close_client(deliberate=True)
 
     def _client_ok(self) -> bool:
         c = self.client
@@ -544,9 +544,12 @@ class DaskExecutor(Executor):
                         self.scheduler, self.last_error or "connection closed")
         self.connected = value
 
-    def _close_client(self) -> None:
+    def _close_client(self, deliberate: bool = False) -> None:
         c, self.client = self.client, None
-        self._set_connected(False)
+        if deliberate:
+            self.connected = False
+        else:
+            self._set_connected(False)
         if c is None:
             return
         try:
