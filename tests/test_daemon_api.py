@@ -243,7 +243,7 @@ async def test_frames_in_a_live_alert_region_jump_the_queue(tmp_path, shared_dat
     """A real alert (the EP notice, moved onto the Feder frame's field) makes that frame run
     before frames queued earlier; the stages get the region."""
     from stdd.alerts import AlertService, IntakeMessage
-    from stdd.daemon.regions import AlertRegionProvider, header_footprint
+    from stdd.alerts.link import AlertRegionProvider, header_footprint
 
     frame = shared_data / "frames" / "feder_aspencg16_EYUMa_r_thumb256_wcs.fits"
     fp = header_footprint(frame)
@@ -273,8 +273,13 @@ async def test_frames_in_a_live_alert_region_jump_the_queue(tmp_path, shared_dat
         feder = next(f for f in d.frames.list() if f["name"] == "feder.fits")
         assert feder["priority"] == 50 and feder["alert_ids"] == [live.alert_id]
         d.resume()
-        await until(lambda: d.frames.counts()["done"] == 4)
+        await until(lambda: sum(d.frames.counts()[k] for k in ("done", "failed")) == 4)
         order = sorted(d.frames.list(), key=lambda f: f["started_at"])
         assert order[0]["name"] == "feder.fits"
+        # a frame covering a live alert is searched whatever the configured steps
+        feder = d.frames.get(feder["id"])
+        result = json.loads((Path(feder["result_dir"]) / "result.json").read_text())
+        assert list(result["stages"]) == ["inspect", "photometry", "transients", "subtraction"]
+        assert all(f["state"] == "done" for f in d.frames.list() if f["name"] != "feder.fits")
     service.close()
     db.close()

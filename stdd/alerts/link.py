@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -27,36 +27,57 @@ log = logging.getLogger("stdd.alerts")
 EXPIRE_EVERY_SECONDS = 60.0
 
 
-def frame_footprint(path: str | Path) -> dict | None:
-    """{'corners': [[ra, dec] x4], 'ra', 'dec'} from a FITS file's celestial WCS, or None."""
-    import warnings
-
-    import numpy as np
-    from astropy.io import fits
+def header_footprint(path: Path) -> dict | None:
+    """{'ra', 'dec', 'radius', 'corners'} of a FITS file from its header WCS, or None."""
     from astropy.wcs import WCS
 
+    from ..stages.header import FrameError, load_first_image
+    from ..stages.inspect import frame_geometry
+
     try:
+        _, header, _ = load_first_image(Path(path), header_only=True)
+    except FrameError:
+        return None
+    try:
+        shape = (int(header["NAXIS2"]), int(header["NAXIS1"]))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with fits.open(path, memmap=False) as hdul:
-                for hdu in hdul:
-                    if hdu.is_image and hdu.header.get("NAXIS", 0) >= 2 and hdu.data is not None:
-                        header = hdu.header
-                        wcs = WCS(header, naxis=2)
-                        if not wcs.has_celestial:
-                            return None
-                        corners = wcs.calc_footprint(axes=(header["NAXIS1"], header["NAXIS2"]))
-                        if not np.all(np.isfinite(corners)):
-                            return None
-                        centre = wcs.all_pix2world([[header["NAXIS1"] / 2, header["NAXIS2"] / 2]], 0)[0]
-                        return {"corners": corners.tolist(), "ra": float(centre[0]), "dec": float(centre[1])}
-    except Exception as e:  # an unreadable header means "no footprint", the stages report the reason
-        log.debug("no footprint for %s: %s", path, e)
-    return None
+            wcs = WCS(header)
+            if not wcs.has_celestial:
+                return None
+            ra, dec, radius, _, corners = frame_geometry(wcs.celestial, shape)
+    except Exception:  # a header WCS that cannot be evaluated: no footprint, normal priority
+        return None
+    return {"ra": ra, "dec": dec, "radius": radius, "corners": corners}
 
 
-class AlertLink:
-    """A daemon `Service` and `RegionProvider` backed by an `AlertService`."""
+class AlertRegionProvider:
+    """`RegionProvider` on an `stdd.alerts.AlertService`."""
+
+    def __init__(self, service):
+        self.service = service
+
+    def live_regions(self) -> list[Region]:
+        out = []
+        for r in self.service.live_regions():
+            try:
+                out.append(Region(**r.stage_region()))
+            except Exception as e:
+                log.warning("alert %s: region not usable by the stages: %s", getattr(r, "alert_id", "?"), e)
+        return out
+
+    def frame_priority(self, path: Path) -> tuple[int, list[str]]:
+        fp = header_footprint(path)
+        if fp is None:
+            return 0, []
+        hits = self.service.regions_for_footprint({"ra": fp["ra"], "dec": fp["dec"], "radius": fp["radius"]})
+        if not hits:
+            return 0, []
+        return max(int(r.priority or 0) for r in hits), [r.alert_id for r in hits]
+
+
+class AlertLink(AlertRegionProvider):
+    """A daemon `Service` (intakes started and stopped with it) and its `RegionProvider`."""
 
     name = "alerts"
 
@@ -69,7 +90,6 @@ class AlertLink:
         self._daemon = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._expire_task: asyncio.Task | None = None
-        self._regions_cache: tuple[float, list] = (0.0, [])
 
     # -- Service ------------------------------------------------------------------------
     async def start(self, daemon) -> None:
@@ -116,7 +136,6 @@ class AlertLink:
     # called on an intake thread
     def _on_message(self, msg: IntakeMessage) -> Outcome:
         outcome = self.service.handle(msg)
-        self._regions_cache = (0.0, [])
         if outcome.decision is not None and outcome.decision.act and self._loop and self._daemon:
             # an alert became live (or was retracted): queued frames change priority now
             self._loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._daemon.reprioritize()))
@@ -126,30 +145,13 @@ class AlertLink:
         while True:
             await asyncio.sleep(EXPIRE_EVERY_SECONDS)
             try:
-                if await asyncio.to_thread(self.service.expire):
-                    self._regions_cache = (0.0, [])
+                await asyncio.to_thread(self.service.expire)
             except Exception as e:
                 log.error("alerts: expiring old alerts failed: %s", e)
 
-    # -- RegionProvider -----------------------------------------------------------------
-    def _live(self):
-        stamp, regions = self._regions_cache
-        if time.monotonic() - stamp > 5.0:
-            regions = self.service.live_regions() if self.service else []
-            self._regions_cache = (time.monotonic(), regions)
-        return regions
-
+    # -- RegionProvider: answers "none" until the service has started -------------------
     def live_regions(self) -> list[Region]:
-        return [Region(**r.stage_region()) for r in self._live()]
+        return super().live_regions() if self.service is not None else []
 
     def frame_priority(self, path: Path) -> tuple[int, list[str]]:
-        regions = self._live()
-        if not regions:
-            return 0, []
-        footprint = frame_footprint(path)
-        if footprint is None:
-            return 0, []
-        hits = [r for r in regions if r.overlaps_footprint(footprint)]
-        if not hits:
-            return 0, []
-        return max(r.priority for r in hits), [r.alert_id for r in hits]
+        return super().frame_priority(path) if self.service is not None else (0, [])

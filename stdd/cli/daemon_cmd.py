@@ -9,15 +9,21 @@ import click
 from .common import EXIT_FAILURE, get_settings
 
 
-def services_for(settings) -> list:
-    """Services started and stopped with the daemon. The HTTP endpoint and the GCN alert
-    consumer add themselves here when they exist."""
+def services_for(settings) -> tuple[list, object | None]:
+    """Services started and stopped with the daemon (the HTTP endpoint, the alert intakes),
+    and the region provider that steers the queue by live alerts (None without alerts)."""
     services: list = []
+    regions = None
+    if settings.alerts.enabled:
+        from ..alerts.link import AlertLink
+
+        regions = AlertLink(settings)
+        services.append(regions)
     if settings.http.enabled:
         from ..http import HttpService
 
         services.append(HttpService())
-    return services
+    return services, regions
 
 
 def register(cli: click.Group) -> None:
@@ -31,7 +37,8 @@ def register(cli: click.Group) -> None:
 
         settings = get_settings(ctx)
         setup_logging(settings.log_level)
-        daemon = Daemon(settings, config_path=settings.source_file, services=services_for(settings))
+        services, regions = services_for(settings)
+        daemon = Daemon(settings, config_path=settings.source_file, services=services, region_provider=regions)
         try:
             code = asyncio.run(daemon.run())
         except (DaemonError, StoreError) as e:

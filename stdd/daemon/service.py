@@ -515,6 +515,9 @@ class Daemon:
         result_dir = result_dir_for(s.paths.results, frame["id"], frame["name"])
         self.frames.set_dirs(frame["id"], str(work_dir), str(result_dir))
         steps = frame.get("steps") or list(s.pipeline.steps)
+        if frame.get("alert_ids") and not frame.get("steps"):
+            # a frame covering a live alert is always searched, whatever the default steps
+            steps = list(STAGE_NAMES)
         return FrameJob(
             frame_id=frame["id"], attempt=frame["attempts"], sha256=frame["sha256"],
             source=str(spool_path(self.spool, frame["sha256"], frame["name"])), origin=frame["path"],
