@@ -104,6 +104,7 @@ def scamp_refine(obj: Table, cat: Table, wcs: WCS, *, sr_arcsec: float, order: i
 
     sel = (np.asarray(obj["flags"]) & ~CENTROID_OK_FLAGS) == 0
     o = brightest(obj[sel] if sel.sum() >= 10 else obj, 400)
+    cat = _bright_reference(cat, wcs, o, mag_col)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -125,6 +126,25 @@ def brightest(obj: Table, n: int) -> Table:
     if len(obj) <= n:
         return obj
     return obj[np.argsort(-np.asarray(obj["flux"], float))[:n]]
+
+
+def _bright_reference(cat: Table, wcs: WCS, obj: Table, mag_col: str | None) -> Table:
+    """The catalogue stars SCAMP needs: near the frame, and (by magnitude) about as many as twice the
+    detections it gets — a deep reference catalogue makes its pattern matching many times slower."""
+    if mag_col is None or mag_col not in cat.colnames or len(cat) <= 2.5 * len(obj) + 100:
+        return cat
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cx, cy = wcs.all_world2pix(np.asarray(cat["RAJ2000"]), np.asarray(cat["DEJ2000"]), 0, quiet=True)
+    xs, ys = np.asarray(obj["x"], float), np.asarray(obj["y"], float)
+    mx = 0.1 * (np.nanmax(xs) - np.nanmin(xs)) + 50
+    my = 0.1 * (np.nanmax(ys) - np.nanmin(ys)) + 50
+    near = (np.isfinite(cx) & (cx > np.nanmin(xs) - mx) & (cx < np.nanmax(xs) + mx)
+            & (cy > np.nanmin(ys) - my) & (cy < np.nanmax(ys) + my))
+    c = cat[near]
+    mag = np.asarray(c[mag_col], float)
+    order = np.argsort(np.where(np.isfinite(mag), mag, 99.0))
+    return c[order[: int(2.5 * len(obj)) + 100]]
 
 
 def header_candidates(wcs: WCS | None, shape, header) -> list[tuple[str, WCS]]:

@@ -49,6 +49,8 @@ def load_first_image(path: Path, header_only: bool = False) -> tuple[np.ndarray 
         try:
             hdul = fits.open(path, memmap=False, lazy_load_hdus=False, ignore_missing_simple=False)
         except (OSError, ValueError, TypeError, IndexError, KeyError, EOFError) as e:
+            if "SIMPLE" in str(e):
+                raise FrameError("not a FITS file (it does not begin with a SIMPLE card)") from None
             raise FrameError(f"not a FITS file or corrupt: {_short(e)}") from None
     truncated = [w for w in caught if "truncat" in str(w.message).lower()]
     try:
@@ -60,6 +62,14 @@ def load_first_image(path: Path, header_only: bool = False) -> tuple[np.ndarray 
 def _short(e: Exception) -> str:
     text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     return text[:200]
+
+
+def _expected_end(hdu) -> int | None:
+    """Byte offset where an uncompressed HDU's data should end (None when unknown)."""
+    try:
+        return int(hdu._data_offset + hdu._data_size)
+    except (AttributeError, TypeError):
+        return None
 
 
 def _dims(hdu) -> tuple[int, ...]:
@@ -98,7 +108,14 @@ def _pick_image(hdul, header_only: bool, notes: list[str], truncated: bool):
             try:
                 data = hdu.data
             except Exception as e:  # astropy raises several kinds for damaged data
-                raise FrameError(f"truncated or corrupt image data in HDU {i}: {_short(e)}") from None
+                expected = _expected_end(hdu)
+                size = Path(hdul.filename() or "").stat().st_size if hdul.filename() else None
+                if str(hdul.filename() or "").lower().endswith((".gz", ".bz2", ".z")):
+                    raise FrameError(f"truncated file: the compressed data ends before HDU {i} is complete "
+                                     f"({_short(e)})") from None
+                if expected and size is not None and size < expected:
+                    raise FrameError(f"truncated file: {size} bytes, but HDU {i} needs {expected}") from None
+                raise FrameError(f"corrupt image data in HDU {i}: {_short(e)}") from None
         if data is None:
             raise FrameError(f"HDU {i} declares an image but holds no data")
         if truncated or any("truncat" in str(w.message).lower() for w in caught):

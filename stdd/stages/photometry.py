@@ -133,8 +133,7 @@ def _photometry(run: StageRun, settings: StageSettings):
     fwhm_arcsec = fwhm * pixscale
     whdr = wcs.to_header(relax=True)
     write_fits(run.product("image.wcs"), None, whdr)
-    run.log(f"WCS: {sol.method}; {sol.check.n_matches} matches ({sol.check.n_expected_random:.1f} by chance), "
-            f"rms {sol.check.rms_arcsec:.3f}\"")
+    run.log(f"WCS: {sol.method}; {sol.check}")
 
     # ---- zero point
     zp_model, m, calib_notes, calcat = _calibrate(run, p, obj, cat, band, fwhm, pixscale, aper)
@@ -340,6 +339,17 @@ def _astrometry(run, settings, obj, header, state, fwhm, shape):
             w0 = WCS(header).celestial if state.get("wcs_state") == "present" else None
         except Exception:
             w0 = None
+    if settings.catalog.source == "local" and not settings.catalog.files:
+        # nothing to check the WCS or calibrate against: instrumental photometry on the header WCS
+        if w0 is None:
+            raise StageError(f"{STAGE}: the frame has no WCS and no reference catalogue is configured to solve "
+                             "it against (catalog.files, or stdd process --catalog)")
+        run.note("no reference catalogue configured (catalog.files): the header WCS is used unchecked and "
+                 "magnitudes are instrumental (no zero point)")
+        empty = Table({"RAJ2000": np.zeros(0), "DEJ2000": np.zeros(0)})
+        ra, dec, radius, pixscale, _ = frame_geometry(w0, shape)
+        sol = astro.Solution(w0, "header WCS (unchecked)", astro.WcsCheck(0, 0.0, None, len(obj)))
+        return sol, empty, {"source": None, "match_radius": match_radius_arcsec(fwhm, pixscale)}
     candidates = astro.header_candidates(w0, shape, header) if w0 is not None else []
     reasons = []
     tried_cones = {}
@@ -475,8 +485,10 @@ def _calibrate(run, p, obj, cat: Table, band: str, fwhm: float, pixscale: float,
     notes = []
     bands = [c[:-3] for c in cat.colnames if c.endswith("mag") and not c.startswith("e_")]
     cat_band = band if band in bands else filters.nearest_band(band, bands)
+    if not len(cat):
+        return None, None, notes, None
     if cat_band is None:
-        notes.append(f"the reference catalogue has no magnitudes; no photometric calibration (zp is null)")
+        notes.append("the reference catalogue has no magnitudes; no photometric calibration (zp is null)")
         return None, None, notes, None
     if cat_band != band:
         notes.append(f"the reference catalogue has no {band} magnitudes; calibrated against {cat_band}mag "

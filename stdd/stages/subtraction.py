@@ -325,7 +325,7 @@ def _tile(run, settings, method, image, template, mask, bits, tmask, wcs, header
     cands = Table()
     if p.sub_mode == "detection":
         cands = _detect(run, settings, diff, noise, img_bs, conv, m | tm, bits[sl], wcs, zp, fwhm, aper,
-                        (ox0, oy0), core, name)
+                        (ox0, oy0), core, name, stars=_star_fluxes(obj, zp))
     rows = [{"ra": float(c["ra"]), "dec": float(c["dec"]), "name": f"{name}:{k + 1}"} for k, c in enumerate(cands)]
     write_text(run.product(f"{tdir}/candidates.reg"), ds9_regions(rows, color="magenta"))
     if len(cands):
@@ -419,7 +419,43 @@ def _sfft_stamps(run, img, tpl, m, tm, err, terr, obj, ks, fwhm):
     return diff, conv, noise
 
 
-def _detect(run, settings, diff, noise, img_bs, conv, badmask, bits, wcs, zp, fwhm, aper, origin, core, name):
+def _star_fluxes(obj, zp) -> Table:
+    """x, y and estimated total flux (ADU) of the bright stars on the frame; saturated stars get
+    their flux from the catalogue magnitude when they were matched (their measured flux is clipped)."""
+    if obj is None or not len(obj):
+        return Table({"x": [], "y": [], "flux": []})
+    flux = np.asarray(obj["flux"], float)
+    if zp is not None and "cat_mag" in obj.colnames:
+        cm = np.asarray(obj["cat_mag"], float)
+        zpv = zp.zp(obj["x"], obj["y"], None)
+        fcat = 10 ** (-0.4 * (cm - zpv))
+        flux = np.where(np.isfinite(fcat), np.maximum(flux, fcat), flux)
+    t = Table({"x": np.asarray(obj["x"], float), "y": np.asarray(obj["y"], float), "flux": flux / 0.7})
+    t = t[np.isfinite(t["flux"]) & (t["flux"] > 0)]
+    t.sort("flux", reverse=True)
+    return t[:300]
+
+
+def _in_halo(obj, stars, origin, fwhm, sigma_pix, beta=2.5, k_sigma=3.0) -> np.ndarray:
+    """Candidates inside the halo of a bright star: where its (Moffat-like) profile is above
+    `k_sigma` times the pixel noise, a few per cent of PSF mismatch leaves residuals as strong as
+    a faint transient."""
+    alpha = fwhm / (2 * math.sqrt(2 ** (1 / beta) - 1))
+    amp = np.asarray(stars["flux"], float) * (beta - 1) / (math.pi * alpha ** 2)
+    ratio = amp / max(k_sigma * sigma_pix, 1e-9)
+    r = np.where(ratio > 1, alpha * np.sqrt(np.maximum(ratio, 1) ** (1 / beta) - 1), 0.0)
+    sx, sy = np.asarray(stars["x"], float), np.asarray(stars["y"], float)
+    ox0, oy0 = origin
+    out = np.zeros(len(obj), bool)
+    big = r > 1.5 * fwhm
+    for x, y, rr in zip(sx[big], sy[big], r[big]):
+        d = np.hypot(np.asarray(obj["x"], float) + ox0 - x, np.asarray(obj["y"], float) + oy0 - y)
+        out |= (d < rr) & (d > 0.5 * fwhm)  # a transient right on a star is not a halo residual
+    return out
+
+
+def _detect(run, settings, diff, noise, img_bs, conv, badmask, bits, wcs, zp, fwhm, aper, origin, core, name,
+            stars=None):
     """Candidates on one tile's difference: detection, measurement, cuts, dipole test."""
     from stdpipe import cutouts as scut
     from stdpipe import photometry as sp
@@ -449,8 +485,10 @@ def _detect(run, settings, diff, noise, img_bs, conv, badmask, bits, wcs, zp, fw
     keep &= (np.asarray(obj["flags"]) & ~(0x02 | 0x100)) == 0
     keep &= ~_touches(bits, obj, 8, p.cosmic_dilate, aper)
     keep &= ~_touches(bits, obj, 2, max(1, int(round(fwhm))), aper)
-    # residuals ring the masked cores of bright template stars
+    # residuals ring the masked cores of bright template stars, and the halos of bright stars
     keep &= ~_touches(badmask.astype(np.uint8), obj, 1, max(1, int(round(fwhm))), aper)
+    if stars is not None and len(stars):
+        keep &= ~_in_halo(obj, stars, origin, fwhm, float(np.nanmedian(e)))
     obj = obj[keep]
     if not len(obj):
         return obj

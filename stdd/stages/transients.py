@@ -90,6 +90,9 @@ def _transients(run: StageRun, settings: StageSettings):
                  why)
         near = _near_catalog(obj, cat, 2 * fwhm * pixscale)
         drop(((flags & 0x02) != 0) & near, "blend near a catalogue star (2 FWHM)")
+        # a fainter detection beside a brighter known star is a piece of it (split by the deblender
+        # or by noise), not a new object
+        drop(_near_brighter(obj, mag, cat, col, 2 * fwhm * pixscale), "fainter than a catalogue star within 2 FWHM")
     else:
         run.note("no reference catalogue: every clean object is a candidate")
     # Vizier catalogues (online)
@@ -164,6 +167,19 @@ def _known(obj, mag, cat, col, radius_arcsec, mag_diff) -> np.ndarray:
     explained = np.zeros(len(obj), bool)
     np.logical_or.at(explained, oi, ~brighter)
     return explained
+
+
+def _near_brighter(obj, mag, cat, col, radius_arcsec) -> np.ndarray:
+    from stdpipe import astrometry as sa
+
+    out = np.zeros(len(obj), bool)
+    if col is None:
+        return out
+    oi, ci, _ = sa.spherical_match(obj["ra"], obj["dec"], cat["RAJ2000"], cat["DEJ2000"], radius_arcsec / 3600)
+    cm = np.asarray(cat[col], float)[ci]
+    hit = np.isfinite(cm) & np.isfinite(mag[oi]) & (cm < mag[oi])
+    out[oi[hit]] = True
+    return out
 
 
 def _near_catalog(obj, cat, radius_arcsec) -> np.ndarray:
