@@ -363,3 +363,15 @@ def test_workers_setting_caps_frames_in_flight_and_zero_means_the_whole_cluster(
     assert ex.free_slots() == 2
     ex.connected = False
     assert ex.free_slots() == 0
+
+
+def test_a_slot_stays_busy_until_the_frames_end_is_polled(tmp_path, dask_ex):
+    """As with the local pool: the daemon sees a loss (and may pause) before it can refill the slot."""
+    ex = dask_ex()
+    ex.submit(job(tmp_path, 71, T_CRASH="SIGKILL"))
+    deadline = time.monotonic() + 30
+    while ex.running_ids() and time.monotonic() < deadline:
+        time.sleep(0.1)  # ended on the executor's side; nobody has polled yet
+    assert ex.running_ids() == [] and ex.free_slots() == 1
+    (ev,) = [e for e in ex.poll(1) if e.kind == "lost"]
+    assert ev.state == "died" and ex.free_slots() == 2

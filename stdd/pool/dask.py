@@ -318,6 +318,7 @@ class DaskExecutor(Executor):
         self._cluster_logged: tuple[int, int] | None = None
         self._jobs: dict[str, _Job] = {}          # by token
         self._by_frame: dict[int, str] = {}
+        self._unpolled = 0  # ended, terminal event not yet handed out by poll(): still a busy slot (as LocalPool)
         self._lock = threading.RLock()
         self._inbox: "queue.Queue[tuple]" = queue.Queue()
         self._events: "queue.Queue[PoolEvent]" = queue.Queue()
@@ -353,7 +354,7 @@ class DaskExecutor(Executor):
             return 0
         with self._lock:
             cap = self.cluster_threads if not self.max_frames else min(self.max_frames, self.cluster_threads)
-            return max(0, cap - len(self._jobs))
+            return max(0, cap - len(self._jobs) - self._unpolled)
 
     def submit(self, job: FrameJob) -> None:
         if self._stopping:
@@ -390,6 +391,8 @@ class DaskExecutor(Executor):
         return True
 
     def poll(self, timeout: float = 0.0) -> list[PoolEvent]:
+        """As the local pool's: a frame's slot stays busy until its terminal event is handed
+        out here, so the daemon has seen a loss (and may pause) before the slot is refilled."""
         out = []
         try:
             out.append(self._events.get(timeout=timeout) if timeout > 0 else self._events.get_nowait())
@@ -399,7 +402,12 @@ class DaskExecutor(Executor):
             try:
                 out.append(self._events.get_nowait())
             except queue.Empty:
-                return out
+                break
+        ended = sum(e.kind in ("finished", "lost") for e in out)
+        if ended:
+            with self._lock:
+                self._unpolled = max(0, self._unpolled - ended)
+        return out
 
     def running_ids(self) -> list[int]:
         with self._lock:
@@ -599,6 +607,9 @@ class DaskExecutor(Executor):
             log.warning("frame=%d cannot cancel its Dask task: %s", j.job.frame_id, e)
 
     def _emit(self, kind: str, j: _Job, **kw) -> None:
+        if kind in ("finished", "lost"):
+            with self._lock:
+                self._unpolled += 1
         self._events.put(PoolEvent(kind=kind, frame_id=j.job.frame_id, attempt=j.job.attempt, pid=None, **kw))
 
     def _on_event(self, d: dict) -> None:
