@@ -32,7 +32,12 @@ class _Interrupted(Exception):
 
 
 def _on_term(signum, frame) -> None:
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    """Take the whole group down, then exit. Runs as the SIGTERM handler (main thread) or from
+    the parent watcher's thread, where signal handlers cannot be changed."""
+    try:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    except ValueError:  # not the main thread: our own SIGTERM below may run the handler too; both exit
+        pass
     try:
         os.killpg(0, signal.SIGTERM)  # the rest of the group (stage programs)
     except OSError:
