@@ -4,9 +4,11 @@
 
 It does what `stdd.pool.worker` does between `begin` and `publishing` (prepare the folder from
 the frame's bytes, then `stdd.pipeline.run_chain`), with the pool's environment (numerical
-libraries on one thread each), and reports the seconds of each stage, the chain's total, and the
-memory peak: this process's own (VmHWM) and the largest program it ran (ru_maxrss of children:
-SExtractor, SCAMP, SWarp, HOTPANTS). With `--profile N` the chain runs under cProfile and the top
+libraries on one thread each), and reports the seconds of each stage, the seconds spent importing
+modules during each stage (what a fresh frame process pays for what its fork server did not
+preload), the chain's total, and this process's memory peak (VmHWM; the programs it runs are
+sampled by the caller — ru_maxrss of children is useless here: a child forked from a large
+process reports the parent's pages). With `--profile N` the chain runs under cProfile and the top
 N functions by cumulative time are included (the timing is then not representative).
 """
 from __future__ import annotations
@@ -20,7 +22,6 @@ for _var in SINGLE_THREAD_ENV:  # as the pool sets them, before numpy is importe
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import resource  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         "stages": stages, "total_s": round(total, 3), "import_s": round(import_s, 3),
         "imports_in_stages_s": {k: round(v, 3) for k, v in timer.by_stage.items()},
         "imported_in_chain": sorted(_top_level_modules() - before),
-        "peak_rss_mb": _hwm_mb(), "children_peak_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
+        "peak_rss_mb": _hwm_mb(),
         "sub_method": result.get("sub_method"), "sub_tiles": result.get("sub_tiles"),
         "notes": result.get("notes", [])[:20], "profile": profile,
     }

@@ -164,8 +164,7 @@ def measure(ctx: Context) -> dict[str, Value]:
         detail["4096²"] = {"status": r4.get("status"), "total_s": r4.get("total_s")}
     for size, runs in per_size.items():
         r = runs["stdd"][0]
-        detail[f"{size}²"] = {"frame_process_hwm_mb": r.get("peak_rss_mb"), "group_sampled_mb": r.get("session_peak_mb"),
-                              "largest_program_mb": r.get("children_peak_mb")}
+        detail[f"{size}²"] = {"frame_process_hwm_mb": r.get("peak_rss_mb"), "group_sampled_mb": r.get("session_peak_mb")}
     known = {k: p for k, p in peaks.items() if p is not None}
     w = Value(max(known.values()) if known else None, context={"peak_mb": peaks, "detail": detail,
                                                                 "plain_peak_mb": {f"{s}²": max(r["peak_mb"] for r in runs["plain"])
