@@ -75,7 +75,7 @@ def _plausible_mag(col) -> bool:
         v = np.asarray(np.ma.filled(col, np.nan), dtype=float)
     except (TypeError, ValueError):
         return False
-    v = v[np.isfinite(v)]
+    v = v[np.isfinite(v) & (v > -10) & (v < 40)]  # without 99 / -99 placeholders
     return v.size == 0 or (-5 < np.median(v) < 35)
 
 

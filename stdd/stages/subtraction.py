@@ -325,7 +325,7 @@ def _tile(run, settings, method, image, template, mask, bits, tmask, wcs, header
     cands = Table()
     if p.sub_mode == "detection":
         cands = _detect(run, settings, diff, noise, img_bs, conv, m | tm, bits[sl], wcs, zp, fwhm, aper,
-                        (ox0, oy0), core, name, stars=_star_fluxes(obj, zp))
+                        (ox0, oy0), core, name, stars=_star_fluxes(obj, zp), tobj=tobj)
     rows = [{"ra": float(c["ra"]), "dec": float(c["dec"]), "name": f"{name}:{k + 1}"} for k, c in enumerate(cands)]
     write_text(run.product(f"{tdir}/candidates.reg"), ds9_regions(rows, color="magenta"))
     if len(cands):
@@ -454,8 +454,44 @@ def _in_halo(obj, stars, origin, fwhm, sigma_pix, beta=2.5, k_sigma=3.0) -> np.n
     return out
 
 
+def _star_residual(run, obj, d, e, badmask, tobj, fwhm, aper, name, k=5.0, floor=0.01) -> np.ndarray:
+    """Candidates on a star of the frame whose flux is within the subtraction's own residual level.
+
+    The residual level f is measured on this tile: the median |difference flux| / star flux at the
+    brightest clean stars. A candidate within 1 FWHM of a star brighter than itself by 1/(k·f)
+    (at least 1/floor) is the imperfectly subtracted star, not a new source."""
+    flux = np.asarray(tobj["flux"], float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sn = flux / np.asarray(tobj["fluxerr"], float)
+    clean = (np.asarray(tobj["flags"]) == 0) & (sn > 50)
+    ref = tobj[clean]
+    if len(ref) >= 5:
+        ref = ref[np.argsort(-np.asarray(ref["flux"], float))[:50]]
+        m = measure(Table({"x": ref["x"], "y": ref["y"], "flags": np.zeros(len(ref), int)}), d, badmask, fwhm=fwhm,
+                    aper=aper, bkgann=(3 * fwhm, 5 * fwhm), gain=None, bg_size=64, err=e, bg=np.zeros_like(d))
+        ok = np.isfinite(m["flux"]) & ((np.asarray(m["flags"]) & 0x200) == 0)
+        f = float(np.median(np.abs(np.asarray(m["flux"])[ok]) / np.asarray(ref["flux"], float)[ok])) if ok.sum() >= 5 else floor
+    else:
+        f = floor
+    thresh = max(k * f, floor)
+    from scipy.spatial import cKDTree
+
+    tree = cKDTree(np.c_[np.asarray(tobj["x"], float), np.asarray(tobj["y"], float)])
+    out = np.zeros(len(obj), bool)
+    for i, (x, y, fl) in enumerate(zip(np.asarray(obj["x"], float), np.asarray(obj["y"], float),
+                                       np.asarray(obj["flux"], float))):
+        for j in tree.query_ball_point([x, y], fwhm):
+            if fl < thresh * flux[j]:
+                out[i] = True
+                break
+    if out.any():
+        run.log(f"{name}: {int(out.sum())} candidate(s) on stars within the subtraction residual level "
+                f"({100 * f:.2f}% of a star's flux; threshold {100 * thresh:.1f}%)")
+    return out
+
+
 def _detect(run, settings, diff, noise, img_bs, conv, badmask, bits, wcs, zp, fwhm, aper, origin, core, name,
-            stars=None):
+            stars=None, tobj=None):
     """Candidates on one tile's difference: detection, measurement, cuts, dipole test."""
     from stdpipe import cutouts as scut
     from stdpipe import photometry as sp
@@ -489,6 +525,8 @@ def _detect(run, settings, diff, noise, img_bs, conv, badmask, bits, wcs, zp, fw
     keep &= ~_touches(badmask.astype(np.uint8), obj, 1, max(1, int(round(fwhm))), aper)
     if stars is not None and len(stars):
         keep &= ~_in_halo(obj, stars, origin, fwhm, float(np.nanmedian(e)))
+    if tobj is not None and len(tobj):
+        keep &= ~_star_residual(run, obj, d, e, badmask, tobj, fwhm, aper, name)
     obj = obj[keep]
     if not len(obj):
         return obj
