@@ -17,6 +17,7 @@ Intake samples (file closed → queued, beyond the settle window) are left for `
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -38,6 +39,7 @@ def run_plain(ctx: Context, settings_json: Path, frames: list[Path], work: Path,
 
 
 def run_daemon(ctx: Context, root: Path, field, frames: list[Path], workers: int, timeout: float) -> dict:
+    load0 = os.getloadavg()[0]
     with BenchDaemon(root, field, workers=workers, settle=SETTLE) as d:
         time.sleep(1.0)  # let start-up work (rescan, scheduler) finish
         drops = [d.drop(f) for f in frames]
@@ -56,7 +58,7 @@ def run_daemon(ctx: Context, root: Path, field, frames: list[Path], workers: int
                 stage_runs.setdefault(s["stage"], []).append(s.get("seconds"))
         ready_s = d.ready_s
     span = max(w for w in written if w is not None) - min(drops)
-    return {"workers": workers, "span_s": round(span, 3), "states": states, "errors": errors[:5],
+    return {"workers": workers, "span_s": round(span, 3), "loadavg_1m": [round(load0, 2), round(os.getloadavg()[0], 2)], "states": states, "errors": errors[:5],
             "ingest_s": [round(x, 4) for x in ingest], "ready_s": round(ready_s, 2),
             "stage_seconds_median": {k: rnd(median(v), 3) for k, v in stage_runs.items()}}
 
@@ -119,8 +121,12 @@ def measure(ctx: Context) -> dict[str, Value]:
     if overhead.value is not None and overhead.value > 1.05:
         overhead.note += "; " + _overhead_limits(repeats, ctx.shared.get("chain_imports"))
     if scaling.value is not None and scaling.value < 1.8:
-        scaling.note += ("; with 2 workers on 2 cores the frames compete for the cores with the daemon itself, "
-                         "the watcher and SExtractor/SCAMP children")
+        loads = [x for r in repeats for x in r["sides"]["w2"]["loadavg_1m"]]
+        scaling.note += (f"; 2 workers need 2 free cores: the 1-minute load average was {min(loads):.1f}–"
+                         f"{max(loads):.1f} during the 2-worker runs (other work on this machine counts), and each "
+                         f"frame process also pays its imports and start-up")
+        if ctx.quick:
+            scaling.note += f"; --quick: only {n} frames, one per worker, so one slow frame sets the span"
     return {"overhead_ratio": overhead, "scaling_2v1": scaling}
 
 
