@@ -474,6 +474,9 @@ def _star_residual(run, obj, d, e, badmask, tobj, fwhm, aper, name, k=5.0, floor
     else:
         f = floor
     thresh = max(k * f, floor)
+    if f > 0.05:
+        run.note(f"{name}: the subtraction leaves {100 * f:.0f}% of the stars' flux (PSF or template mismatch); "
+                 f"candidates on stars fainter than {100 * thresh:.0f}% of the star are not reported")
     from scipy.spatial import cKDTree
 
     tree = cKDTree(np.c_[np.asarray(tobj["x"], float), np.asarray(tobj["y"], float)])
