@@ -393,11 +393,7 @@ class DaskExecutor(Executor):
     def poll(self, timeout: float = 0.0) -> list[PoolEvent]:
         """As the local pool's: a frame's slot stays busy until its terminal event is handed
         out here, so the daemon has seen a loss (and may pause) before the slot is refilled."""
-        out = []
-        try:
-            out.append(self._events.get(timeout=timeout) if timeout > 0 else self._events.get_nowait())
-        except queue.Empty:
-            return out
+        return self._poll_queue(timeout)
         while True:
             try:
                 out.append(self._events.get_nowait())

@@ -15,6 +15,7 @@ events describe the stages as they run.
 from __future__ import annotations
 
 import abc
+import queue
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
@@ -61,6 +62,26 @@ class PoolEvent:
 
 class Executor(abc.ABC):
     name = "executor"
+
+    # Executors that queue their events (both do) set `_events` (a queue.Queue of PoolEvent),
+    # `_lock` and `_unpolled` (jobs ended whose terminal event poll() has not handed out yet:
+    # their slots stay busy, so the caller sees a death, and may pause, before a slot refills).
+    def _poll_queue(self, timeout: float) -> list[PoolEvent]:
+        out: list[PoolEvent] = []
+        try:
+            out.append(self._events.get(timeout=timeout) if timeout > 0 else self._events.get_nowait())
+        except queue.Empty:
+            return out
+        while True:
+            try:
+                out.append(self._events.get_nowait())
+            except queue.Empty:
+                break
+        ended = sum(e.kind in ("finished", "lost") for e in out)
+        if ended:
+            with self._lock:
+                self._unpolled = max(0, self._unpolled - ended)
+        return out
 
     @abc.abstractmethod
     def start(self) -> None: ...

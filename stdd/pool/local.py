@@ -135,11 +135,7 @@ class LocalPool(Executor):
     def poll(self, timeout: float = 0.0) -> list[PoolEvent]:
         """A frame's slot stays busy until its terminal event is handed out here, so the
         caller has seen a death (and can pause) before it can fill the slot again."""
-        out = []
-        try:
-            out.append(self._events.get(timeout=timeout) if timeout > 0 else self._events.get_nowait())
-        except queue.Empty:
-            return out
+        return self._poll_queue(timeout)
         while True:
             try:
                 out.append(self._events.get_nowait())

@@ -38,6 +38,22 @@ def _decode(row: dict | None) -> dict | None:
     return row
 
 
+def frame_filters(state: str | None = None, since: float | None = None,
+                  alert_id: str | None = None) -> tuple[str, list]:
+    """The WHERE clause (with a leading space, or empty) and parameters of a frame listing."""
+    where, params = [], []
+    if state:
+        where.append("state = ?")
+        params.append(state)
+    if since is not None:
+        where.append("updated_at >= ?")
+        params.append(since)
+    if alert_id:
+        where.append("alert_ids LIKE ?")
+        params.append(f'%"{alert_id}"%')
+    return (" WHERE " + " AND ".join(where) if where else ""), params
+
+
 class FrameStore:
     def __init__(self, db: Database):
         self.db = db
@@ -72,20 +88,8 @@ class FrameStore:
 
     def list(self, state: str | None = None, since: float | None = None, limit: int = 100,
              offset: int = 0, alert_id: str | None = None) -> list[dict]:
-        where, params = [], []
-        if state:
-            where.append("state = ?")
-            params.append(state)
-        if since is not None:
-            where.append("updated_at >= ?")
-            params.append(since)
-        if alert_id:
-            where.append("alert_ids LIKE ?")
-            params.append(f'%"{alert_id}"%')
-        sql = "SELECT * FROM frames"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY id DESC LIMIT ? OFFSET ?"
+        where, params = frame_filters(state, since, alert_id)
+        sql = "SELECT * FROM frames" + where + " ORDER BY id DESC LIMIT ? OFFSET ?"
         return [_decode(r) for r in self.db.query(sql, (*params, limit, offset))]
 
     def counts(self) -> dict[str, int]:

@@ -9,6 +9,7 @@ import json
 from typing import Sequence
 
 from .database import Database
+from .frames import frame_filters
 
 
 class Stats:
@@ -61,17 +62,8 @@ class Stats:
     def frames_total(self, state: str | None = None, since: float | None = None,
                      alert_id: str | None = None) -> int:
         """How many frames match the same filters as FrameStore.list (for paging)."""
-        where, params = [], []
-        if state:
-            where.append("state = ?")
-            params.append(state)
-        if since is not None:
-            where.append("updated_at >= ?")
-            params.append(since)
-        if alert_id:
-            where.append("alert_ids LIKE ?")
-            params.append(f'%"{alert_id}"%')
-        sql = "SELECT COUNT(*) AS n FROM frames" + (" WHERE " + " AND ".join(where) if where else "")
+        where, params = frame_filters(state, since, alert_id)
+        sql = "SELECT COUNT(*) AS n FROM frames" + where
         row = self.db.query_one(sql, params)
         return int(row["n"]) if row else 0
 
