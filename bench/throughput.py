@@ -122,6 +122,12 @@ def measure(ctx: Context) -> dict[str, Value]:
         overhead.note += "; " + _overhead_limits(repeats, ctx.shared.get("chain_imports"))
     if scaling.value is not None and scaling.value < 1.8:
         loads = [x for r in repeats for x in r["sides"]["w2"]["loadavg_1m"]]
+        slow = median(sum(v for v in r["sides"]["w2"]["stage_seconds_median"].values() if v)
+                      / max(1e-9, sum(v for v in r["sides"]["w1"]["stage_seconds_median"].values() if v))
+                      for r in repeats)
+        scaling.context["stage_seconds_2w_over_1w"] = rnd(slow, 3)
+        scaling.note += (f"; each frame's stages took {slow:.2f}× as long with 2 workers as with 1 (1.0 if both "
+                         f"workers had a core of their own; the frames were dispatched back to back)")
         scaling.note += (f"; 2 workers need 2 free cores: the 1-minute load average was {min(loads):.1f}–"
                          f"{max(loads):.1f} during the 2-worker runs (other work on this machine counts), and each "
                          f"frame process also pays its imports and start-up")
