@@ -57,9 +57,14 @@ def run_daemon(ctx: Context, root: Path, field, frames: list[Path], workers: int
             for s in d.proc_h.stage_runs(r["id"]):
                 stage_runs.setdefault(s["stage"], []).append(s.get("seconds"))
         ready_s = d.ready_s
+        starts = [r["started_at"] for r in rows if r.get("started_at")]
+        ends = [r["finished_at"] for r in rows if r.get("finished_at")]
+        busy = sum(r["finished_at"] - r["started_at"] for r in rows if r.get("started_at") and r.get("finished_at"))
+        util = busy / (workers * (max(ends) - min(starts))) if starts and ends and max(ends) > min(starts) else None
     span = max(w for w in written if w is not None) - min(drops)
     return {"workers": workers, "span_s": round(span, 3), "loadavg_1m": [round(load0, 2), round(os.getloadavg()[0], 2)], "states": states, "errors": errors[:5],
             "ingest_s": [round(x, 4) for x in ingest], "ready_s": round(ready_s, 2),
+            "worker_utilisation": rnd(util, 3),
             "stage_seconds_median": {k: rnd(median(v), 3) for k, v in stage_runs.items()}}
 
 
@@ -126,8 +131,10 @@ def measure(ctx: Context) -> dict[str, Value]:
                       / max(1e-9, sum(v for v in r["sides"]["w1"]["stage_seconds_median"].values() if v))
                       for r in repeats)
         scaling.context["stage_seconds_2w_over_1w"] = rnd(slow, 3)
+        util = median(r["sides"]["w2"]["worker_utilisation"] for r in repeats)
         scaling.note += (f"; each frame's stages took {slow:.2f}× as long with 2 workers as with 1 (1.0 if both "
-                         f"workers had a core of their own; the frames were dispatched back to back)")
+                         f"workers had a core of their own), and the 2 workers were busy {100 * (util or 0):.0f}% "
+                         f"of the span (dispatch gaps are the rest)")
         scaling.note += (f"; 2 workers need 2 free cores: the 1-minute load average was {min(loads):.1f}–"
                          f"{max(loads):.1f} during the 2-worker runs (other work on this machine counts), and each "
                          f"frame process also pays its imports and start-up")
