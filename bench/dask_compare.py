@@ -39,5 +39,7 @@ def measure(ctx: Context) -> dict[str, Value]:
     states = sorted({s for r in runs for st in r["states"].values() for s in st.values()})
     v.note = (f"Dask seconds ÷ local pool seconds, {n} frames of {size}², 2 workers each; local "
               f"{median(r['local_seconds'] for r in runs):.1f} s, Dask {median(r['dask_seconds'] for r in runs):.1f} s; "
-              f"results {'identical' if same else 'DIFFER (see context)'}; outcomes {', '.join(states)}")
+              f"results {'identical' if same else 'DIFFER (see context)'}; outcomes {', '.join(states)}; the local pool "
+              f"always runs first (the comparison function's order), so drift in the machine's load is not balanced "
+              f"within a repeat")
     return {"dask_vs_local": v}
