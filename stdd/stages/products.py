@@ -253,7 +253,13 @@ def _output_to(logfile):
     """Send this process's stdout/stderr (and so the output of SExtractor, SCAMP, ... and of
     STDPipe's prints) to the stage log while the stage runs; a CLI's --json output stays clean."""
     import sys
+    import threading
 
+    if threading.current_thread() is not threading.main_thread():
+        # file descriptors belong to the whole process: only a process running one stage at a time
+        # (a pool worker, `stdd process`) may point them at a stage log
+        yield
+        return
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

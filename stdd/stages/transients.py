@@ -95,6 +95,7 @@ def _transients(run: StageRun, settings: StageSettings):
         drop(_near_brighter(obj, mag, cat, col, 2 * fwhm * pixscale), "fainter than a catalogue star within 2 FWHM")
     else:
         run.note("no reference catalogue: every clean object is a candidate")
+    drop(_on_a_wing(obj, keep, fwhm, aper), "on the wing of a much brighter star")
     # Vizier catalogues (online)
     _vizier_checks(run, settings, obj, mag, keep, drop, fwhm, pixscale, phot)
     if p.skybot:
@@ -118,6 +119,33 @@ def _transients(run: StageRun, settings: StageSettings):
 
 
 # ---------------------------------------------------------------- pieces
+
+def _on_a_wing(obj, keep, fwhm, aper, k=4.0, beta=2.5) -> np.ndarray:
+    """Candidates whose flux is within `k` times the light a brighter star's wing (a Moffat profile of
+    the frame's FWHM) puts into their aperture: a local background that does not follow the wing
+    turns it into a spurious faint object (seen beside bright stars on the synthetic frames)."""
+    from scipy.spatial import cKDTree
+
+    x, y = np.asarray(obj["x"], float), np.asarray(obj["y"], float)
+    flux = np.asarray(obj["flux"], float)
+    alpha = fwhm / (2 * math.sqrt(2 ** (1 / beta) - 1))
+    norm = (beta - 1) / (math.pi * alpha ** 2) * math.pi * aper ** 2
+    order = np.argsort(-flux)
+    bright = order[: min(300, len(order))]
+    tree = cKDTree(np.c_[x[bright], y[bright]])
+    out = np.zeros(len(obj), bool)
+    for i in np.nonzero(keep)[0]:
+        for j in tree.query_ball_point([x[i], y[i]], 15 * fwhm):
+            s = bright[j]
+            if s == i or flux[s] <= flux[i]:
+                continue
+            d2 = (x[s] - x[i]) ** 2 + (y[s] - y[i]) ** 2
+            wing = flux[s] / 0.7 * norm * (1 + d2 / alpha ** 2) ** (-beta)
+            if flux[i] < k * wing:
+                out[i] = True
+                break
+    return out
+
 
 def _any_mag(cat):
     for c in cat.colnames:
