@@ -119,10 +119,14 @@ def measure(ctx: Context) -> dict[str, Value]:
                      f" vs plain {med['plain_s_per_frame']} s/frame (settle {SETTLE} s subtracted once)")
     scaling.note = (f"{n} frames of {size}²: 1 worker {med['daemon_1w_s_per_frame']} s/frame, 2 workers "
                     f"{med['daemon_2w_s_per_frame']} s/frame")
-    if failed or plain_failed:
-        warn = f"; frames not done: daemon {failed or '-'}, plain {plain_failed or '-'}"
-        overhead.note += warn
-        scaling.note += warn
+    daemon_errors = sorted({e for r in repeats for side in ("w1", "w2") for e in r["sides"][side]["errors"]})
+    plain_errors = sorted({f["error"] for r in repeats for f in r["sides"]["plain"]["frames"] if f.get("error")})
+    if failed or plain_failed:  # a ratio of runs that did different work means nothing
+        why = (f"frames did not finish, so the sides did not do the same work: daemon {failed or 'all done'}"
+               f" {daemon_errors[:2] or ''}, plain script {plain_failed or 'all done'} {plain_errors[:2] or ''}")
+        overhead = Value.missing(why, **overhead.context)
+        if failed:
+            scaling = Value.missing(why, **scaling.context)
     if overhead.value is not None and overhead.value > 1.05:
         overhead.note += "; " + _overhead_limits(repeats, ctx.shared.get("chain_imports"))
     if scaling.value is not None and scaling.value < 1.8:
