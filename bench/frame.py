@@ -148,6 +148,9 @@ def measure(ctx: Context) -> dict[str, Value]:
               for rep in range(repeats)]
         out["frame_2k_hotpants_s"] = Value(rnd(median(r["total_s"] for r in hp), 2), runs=[r["total_s"] for r in hp],
                                            context={"stage_seconds": _stage_medians(hp)})
+        if any(r.get("status") != "done" or r.get("sub_method") != "hotpants" for r in hp):
+            out["frame_2k_hotpants_s"] = Value.missing(
+                f"the chain with HOTPANTS did not finish: {hp[0].get('error')} (method {hp[0].get('sub_method')})")
     else:
         out["frame_2k_hotpants_s"] = Value.missing("no hotpants binary on PATH (HOTPANTS is in no registry "
                                                    "reachable here); SFFT is the default")
