@@ -146,3 +146,29 @@ def test_galactic_centre_astrometry_against_tycho2(tmp_path, shared_data):
     r1, d1 = head.all_pix2world(x.ravel(), y.ravel(), 0)
     r2, d2 = mine.all_pix2world(x.ravel(), y.ravel(), 0)
     assert np.max(sa.spherical_distance(r1, d1, r2, d2)) * 3600 < 1.0
+
+
+@pytest.mark.slow
+def test_blind_match_offline_on_an_index_from_the_local_catalogue(tmp_path):
+    """A frame without WCS is solved by solve-field on an index built from the local catalogue."""
+    synth = pytest.importorskip("stdd.synth")
+    fp = synth.make_field(tmp_path / "f", seed=4, width=512, height=512, n_stars=500, template=False)
+    header = fits.getheader(fp.frame)
+    data = fits.getdata(fp.frame)
+    truth_wcs = WCS(header)
+    for k in list(header.keys()):
+        if k.startswith(("CTYPE", "CRVAL", "CRPIX", "CDELT", "CUNIT", "CD1_", "CD2_", "PC1_", "PC2_", "WCSAXES",
+                         "LONPOLE", "LATPOLE", "RADESYS", "MJDREF", "EQUINOX")):
+            del header[k]
+    header["RA"], header["DEC"] = 150.02, 29.99  # the telescope's pointing, roughly
+    fits.writeto(tmp_path / "nowcs.fits", data, header)
+    res = _run(tmp_path / "work", tmp_path / "nowcs.fits", fp.catalog)
+    assert res["status"] == "done", res["error"]
+    assert res["wcs_initial"] == "none" and "blind" in res["wcs_method"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mine = WCS(fits.getheader(tmp_path / "work" / "image.wcs"))
+    x = np.array([10, 256, 500])
+    r1, d1 = truth_wcs.all_pix2world(x, x, 0)
+    r2, d2 = mine.all_pix2world(x, x, 0)
+    assert np.max(np.hypot((r1 - r2) * np.cos(np.radians(d1)), d1 - d2)) * 3600 < 0.5
