@@ -24,7 +24,7 @@ from . import filters
 from .base import StageError, StageSettings
 from .header import (FrameError, exposure_time, fix_header, linearize_ps1, load_first_image, number,
                      observation_start, parse_section, pointing_hint, GAIN_KEYWORDS)
-from .products import StageRun, finite_or_none, write_fits, write_json
+from .products import guarded, StageRun, finite_or_none, write_fits, write_json
 
 STAGE = "inspect"
 
@@ -42,9 +42,7 @@ def find_original(folder: Path) -> Path:
 
 
 def run(folder: Path, settings: StageSettings):
-    folder = Path(folder)
-    with StageRun(folder, STAGE, settings) as run:
-        return _inspect(run, settings)
+    return guarded(STAGE, Path(folder), settings, _inspect)
 
 
 def _inspect(run: StageRun, settings: StageSettings):

@@ -28,7 +28,7 @@ from . import filters
 from .base import StageError, StageSettings
 from .inspect import frame_geometry
 from .measure import measure
-from .products import (StageRun, ds9_regions, finite_or_none, read_json, save_figure, write_fits,
+from .products import (guarded, StageRun, ds9_regions, finite_or_none, read_json, save_figure, write_fits,
                        write_json, write_table, write_text)
 from .zeropoint import ZeroPointModel
 
@@ -37,8 +37,7 @@ FLAG_OUTLIER = 0x800
 
 
 def run(folder: Path, settings: StageSettings):
-    with StageRun(Path(folder), STAGE, settings) as run:
-        return _photometry(run, settings)
+    return guarded(STAGE, Path(folder), settings, _photometry)
 
 
 def load_frame(folder: Path, stage: str):

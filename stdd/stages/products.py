@@ -248,6 +248,36 @@ class StageRun:
                            notes=self.notes, error=None, seconds=round(time.monotonic() - self.t0, 3))
 
 
+def null_keys(stage: str) -> dict[str, None]:
+    """result.json keys of `stage` and every later stage, all null."""
+    out: dict[str, None] = {}
+    for s in STAGES[STAGES.index(stage):]:
+        out.update({k: None for k in KEYS[s]})
+    return out
+
+
+def guarded(stage: str, folder: Path, settings: StageSettings, body) -> StageResult:
+    """Run `body(run, settings)` in a StageRun; a failure becomes a failed StageResult whose summary sets
+    this and later stages' result.json keys to null (so a failed frame's result.json has every key)."""
+    from .base import StageError
+
+    t0 = time.monotonic()
+    notes: list[str] = []
+    try:
+        with StageRun(Path(folder), stage, settings) as run:
+            notes = run.notes
+            return body(run, settings)
+    except StageError as e:
+        error = str(e)
+    except MemoryError:
+        error = f"{stage}: out of memory"
+    except Exception as e:  # a bug or an unexpected library error: the trace is in <stage>.log
+        error = f"{stage}: {type(e).__name__}: {e}"
+    logs = [f"{stage}.log"] if (Path(folder) / f"{stage}.log").is_file() else []
+    return StageResult(stage=stage, state="failed", error=error, summary=null_keys(stage), notes=notes,
+                       products=logs, seconds=round(time.monotonic() - t0, 3))
+
+
 @contextlib.contextmanager
 def _output_to(logfile):
     """Send this process's stdout/stderr (and so the output of SExtractor, SCAMP, ... and of

@@ -30,7 +30,7 @@ from astropy.wcs import WCS
 
 from .base import StageError, StageSettings
 from .measure import measure
-from .products import (StageRun, ds9_regions, finite_or_none, read_json, write_fits, write_json, write_table,
+from .products import (guarded, StageRun, ds9_regions, finite_or_none, read_json, write_fits, write_json, write_table,
                        write_text)
 from .transients import _touches, candidate_rows, write_cutout
 from .zeropoint import ZeroPointModel
@@ -39,8 +39,7 @@ STAGE = "subtraction"
 
 
 def run(folder: Path, settings: StageSettings):
-    with StageRun(Path(folder), STAGE, settings) as run:
-        return _subtraction(run, settings)
+    return guarded(STAGE, Path(folder), settings, _subtraction)
 
 
 def hotpants_exe(settings) -> str | None:

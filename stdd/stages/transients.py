@@ -29,7 +29,7 @@ from astropy.table import Table
 from astropy.wcs import WCS
 
 from .base import StageError, StageSettings
-from .products import StageRun, ds9_regions, finite_or_none, read_json, write_json, write_table, write_text
+from .products import guarded, StageRun, ds9_regions, finite_or_none, read_json, write_json, write_table, write_text
 
 STAGE = "transients"
 ALLOWED_FLAGS = 0x02 | 0x100
@@ -37,8 +37,7 @@ FLAG_OUTLIER = 0x800
 
 
 def run(folder: Path, settings: StageSettings):
-    with StageRun(Path(folder), STAGE, settings) as run:
-        return _transients(run, settings)
+    return guarded(STAGE, Path(folder), settings, _transients)
 
 
 def _load(run):
