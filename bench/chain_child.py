@@ -34,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("settings", type=Path, help="StageSettings as JSON")
     ap.add_argument("--steps", nargs="+", default=None)
     ap.add_argument("--profile", type=int, default=0)
+    ap.add_argument("--preload", nargs="+", default=[], metavar="MODULE",
+                    help="import these too before the frame (what a larger fork-server preload would give)")
     args = ap.parse_args(argv)
 
     t_import = time.perf_counter()
@@ -43,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import importlib
 
-    for mod in PRELOAD:  # what a pool worker has imported before its frame arrives
+    for mod in [*PRELOAD, *args.preload]:  # what a pool worker has imported before its frame arrives
         try:
             importlib.import_module(mod)
         except ImportError:
