@@ -21,7 +21,6 @@ import os
 import shutil
 import subprocess
 import threading
-import time
 from pathlib import Path
 
 from .common import ROOT, Context, Value, median, rnd, rss_mb, session_members
