@@ -69,6 +69,9 @@ class PoolSettings(Section):
         default_factory=dict, description="per-stage timeout in seconds, overriding stage_timeout_seconds"
     )
     retry_timeouts: bool = Field(False, description="retry a frame whose stage timed out (a hang is usually not transient)")
+    preload_stage_libraries: bool = Field(
+        True, description="import the stages' libraries once in the fork server: ~2.5 s less per frame, "
+                          "~240 MB more while idle")
     stage_functions: dict[Literal["inspect", "photometry", "transients", "subtraction"], str] = Field(
         default_factory=dict, description="tests and experiments: replace a stage's function, name -> module:callable"
     )

@@ -16,12 +16,10 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
-import sqlite_utils
-
 BUSY_TIMEOUT_MS = 30_000
 
 
-def _v1(db: sqlite_utils.Database) -> None:
+def _v1(db: "sqlite_utils.Database") -> None:
     db["frames"].create(
         {
             "id": int, "path": str, "name": str, "sha256": str, "size": int, "mtime": float,
@@ -101,7 +99,7 @@ def _v1(db: sqlite_utils.Database) -> None:
 
 
 #: Forward migrations, in order. Append; never edit a released one.
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1]
+MIGRATIONS: list[Callable[["sqlite_utils.Database"], None]] = [_v1]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -128,7 +126,7 @@ class Database:
         conn.execute("PRAGMA foreign_keys = ON")
         conn.row_factory = sqlite3.Row
         self.conn = conn
-        self.db = sqlite_utils.Database(conn)
+        self._sqlite_utils_db = None
         self._lock = threading.RLock()
         self._depth = 0
         if migrate and not readonly:
@@ -181,17 +179,33 @@ class Database:
             row = self.conn.execute(sql, params).fetchone()
             return dict(row) if row is not None else None
 
+    @property
+    def db(self):
+        """sqlite-utils' view of the connection, made on first use: importing sqlite-utils
+        imports pandas when it is installed (~70 MB, ~0.4 s), which a daemon, a worker or a
+        CLI call that only runs queries should not pay."""
+        if self._sqlite_utils_db is None:
+            import sqlite_utils
+
+            self._sqlite_utils_db = sqlite_utils.Database(self.conn)
+        return self._sqlite_utils_db
+
+    def _has_table(self, name: str) -> bool:
+        return self.query_one("SELECT 1 AS x FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)) is not None
+
     # -- schema -------------------------------------------------------------------------
     def schema_version(self) -> int:
-        if "meta" not in self.db.table_names():
+        if not self._has_table("meta"):
             return 0
         row = self.query_one("SELECT value FROM meta WHERE key = 'schema_version'")
         return int(row["value"]) if row else 0
 
     def migrate(self) -> int:
         """Apply every migration newer than the file's version; idempotent; returns the version."""
+        if self.schema_version() == SCHEMA_VERSION:
+            return SCHEMA_VERSION  # up to date: nothing to import or lock
         with self.write():
-            if "meta" not in self.db.table_names():
+            if not self._has_table("meta"):
                 self.db["meta"].create({"key": str, "value": str}, pk="key")
             current = self.schema_version()
             if current > SCHEMA_VERSION:
