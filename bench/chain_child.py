@@ -40,12 +40,13 @@ def main(argv: list[str] | None = None) -> int:
 
     t_import = time.perf_counter()
     from stdd.pipeline import prepare_folder, run_chain
-    from stdd.pool.local import PRELOAD
+    from stdd.pool.local import PRELOAD, PRELOAD_STAGE_LIBRARIES
     from stdd.stages.base import StageSettings
 
     import importlib
 
-    for mod in [*PRELOAD, *args.preload]:  # what a pool worker has imported before its frame arrives
+    # what a pool worker has imported before its frame arrives (the daemon's default preload)
+    for mod in [*PRELOAD, *PRELOAD_STAGE_LIBRARIES, *args.preload]:
         try:
             importlib.import_module(mod)
         except ImportError:

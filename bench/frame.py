@@ -28,13 +28,6 @@ from .inputs import field_of, write_json
 
 KEYS = ("frame_2k_s", "frame_2k_hotpants_s", "worker_peak_mb")
 
-#: modules the stages import on first use; preloading them in the fork server (stdd.pool.local.PRELOAD)
-#: would spare every frame process their import (the full mode measures what that gives, as context)
-LAZY_IMPORTS = ("stdpipe.photometry", "stdpipe.photometry_measure", "stdpipe.pipeline", "stdpipe.astrometry",
-                "stdpipe.artefacts", "stdpipe.subtraction", "stdpipe.sfft", "stdpipe.cutouts", "stdpipe.plots",
-                "stdpipe.templates", "stdpipe.reproject", "matplotlib.pyplot", "astroscrappy", "sep_x",
-                "sklearn.ensemble", "scipy.ndimage", "scipy.optimize", "scipy.spatial", "stdd.sources.catalogs",
-                "stdd.sources.templates")
 STAGES = ("inspect", "photometry", "transients", "subtraction")
 
 
@@ -124,14 +117,6 @@ def measure(ctx: Context) -> dict[str, Value]:
     first = per_size[min(per_size)]["stdd"][0]
     ctx.shared["chain_imports"] = {"size": min(per_size), "seconds": first.get("imports_in_stages_s") or {},
                                    "modules": first.get("imported_in_chain") or []}
-    if not ctx.quick:  # what a fork server preloading the stages' lazy imports would give
-        f1k = field_of(ctx, 1024, 1)
-        pre = ours(ctx, f1k, f1k.frames[0], "stdd-1024-preload", timeout, preload=LAZY_IMPORTS)
-        ctx.shared["preload_experiment"] = {
-            "size": 1024, "modules": list(LAZY_IMPORTS), "total_s": pre["total_s"], "stages": pre["stages"],
-            "imports_in_stages_s": pre.get("imports_in_stages_s"),
-            "default_total_s": rnd(median(r["total_s"] for r in per_size[1024]["stdd"]), 3),
-            "plain_total_s": rnd(median(r["total_s"] for r in per_size[1024]["plain"]), 3)}
     stage_seconds = {f"{s}²": {side: (_stage_medians(r) if r else None) for side, r in runs.items()}
                      for s, runs in per_size.items()}
     r2k = per_size[2048]["stdd"]
@@ -139,7 +124,6 @@ def measure(ctx: Context) -> dict[str, Value]:
     methods = sorted({str(r.get("sub_method")) for r in r2k})
     v = Value(rnd(median(r["total_s"] for r in r2k), 2), runs=[r["total_s"] for r in r2k],
               context={"stage_seconds": stage_seconds, "status": states, "sub_method": methods,
-                       "preload_experiment": ctx.shared.get("preload_experiment"),
                        "imports_in_stages_s": r2k[0].get("imports_in_stages_s"),
                        "sub_tiles": r2k[0].get("sub_tiles"), "notes": r2k[0].get("notes")})
     sec = stage_seconds["2048²"]["stdd"]

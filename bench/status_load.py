@@ -106,12 +106,12 @@ DAEMON_IMPORTS = ["click", "stdd.cli", "stdd.store", "stdd.daemon", "stdd.pool",
 
 def _idle_profile(ctx: Context, v: Value) -> str:
     """Where the idle memory goes: the imports of the daemon and of the forkserver's preload."""
-    from stdd.pool.local import PRELOAD
+    from stdd.pool.local import PRELOAD, PRELOAD_STAGE_LIBRARIES
 
     from .common import import_memory_profile
 
     daemon = import_memory_profile(ctx.python, DAEMON_IMPORTS)
-    fork = import_memory_profile(ctx.python, list(PRELOAD))
+    fork = import_memory_profile(ctx.python, [*PRELOAD, *PRELOAD_STAGE_LIBRARIES])
     v.context["import_profile_daemon"] = daemon
     v.context["import_profile_forkserver"] = fork
 

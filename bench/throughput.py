@@ -128,7 +128,7 @@ def measure(ctx: Context) -> dict[str, Value]:
         if failed:
             scaling = Value.missing(why, **scaling.context)
     if overhead.value is not None and overhead.value > 1.05:
-        overhead.note += "; " + _overhead_limits(repeats, ctx.shared.get("chain_imports"), ctx.shared.get("preload_experiment"))
+        overhead.note += "; " + _overhead_limits(repeats, ctx.shared.get("chain_imports"))
     if scaling.value is not None and scaling.value < 1.8:
         loads = [x for r in repeats for x in r["sides"]["w2"]["loadavg_1m"]]
         slow = median(sum(v for v in r["sides"]["w2"]["stage_seconds_median"].values() if v)
@@ -147,7 +147,7 @@ def measure(ctx: Context) -> dict[str, Value]:
     return {"overhead_ratio": overhead, "scaling_2v1": scaling}
 
 
-def _overhead_limits(repeats: list[dict], imports: dict | None = None, preload: dict | None = None) -> str:
+def _overhead_limits(repeats: list[dict], imports: dict | None = None) -> str:
     """What the daemon spends beyond the plain script, stage by stage (the profile of the gap)."""
     r = repeats[0]
     ours = r["sides"]["w1"]["stage_seconds_median"]
@@ -172,9 +172,4 @@ def _overhead_limits(repeats: list[dict], imports: dict | None = None, preload: 
         text += (f"; each frame process spends {secs:.1f} s importing modules its fork server does not preload "
                  f"({', '.join(heavy)}; measured by bench.chain_child on a {imp.get('size')}² frame), which the "
                  f"plain script pays once")
-    pre = preload or {}
-    if pre.get("total_s") and pre.get("default_total_s"):
-        text += (f"; with those modules preloaded, a {pre['size']}² frame's chain took {pre['total_s']:.1f} s instead "
-                 f"of {pre['default_total_s']:.1f} s (plain script {pre['plain_total_s']:.1f} s; "
-                 f"frame_2k_s context.preload_experiment)")
     return text
