@@ -394,16 +394,6 @@ class DaskExecutor(Executor):
         """As the local pool's: a frame's slot stays busy until its terminal event is handed
         out here, so the daemon has seen a loss (and may pause) before the slot is refilled."""
         return self._poll_queue(timeout)
-        while True:
-            try:
-                out.append(self._events.get_nowait())
-            except queue.Empty:
-                break
-        ended = sum(e.kind in ("finished", "lost") for e in out)
-        if ended:
-            with self._lock:
-                self._unpolled = max(0, self._unpolled - ended)
-        return out
 
     def running_ids(self) -> list[int]:
         with self._lock:

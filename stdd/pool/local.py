@@ -146,16 +146,6 @@ class LocalPool(Executor):
         """A frame's slot stays busy until its terminal event is handed out here, so the
         caller has seen a death (and can pause) before it can fill the slot again."""
         return self._poll_queue(timeout)
-        while True:
-            try:
-                out.append(self._events.get_nowait())
-            except queue.Empty:
-                break
-        ended = sum(e.kind in ("finished", "lost") for e in out)
-        if ended:
-            with self._lock:
-                self._unpolled = max(0, self._unpolled - ended)
-        return out
 
     def running_ids(self) -> list[int]:
         with self._lock:
