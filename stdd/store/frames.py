@@ -62,21 +62,27 @@ class FrameStore:
     def add(self, path: str, sha256: str, size: int, mtime: float | None = None, *,
             priority: int = 0, steps: list[str] | None = None, options: dict | None = None) -> tuple[dict, bool]:
         """Record a frame as queued. Returns (row, created); identical content is never added twice."""
+        return self._insert(path, sha256, size, mtime, {
+            "state": "queued", "priority": priority,
+            "steps": json.dumps(steps) if steps else None, "options": json.dumps(options) if options else None,
+        }, "frame.queued", f"queued {path}", "INFO")
+
+    def _insert(self, path: str, sha256: str, size: int, mtime: float | None, columns: dict,
+                event: str, message: str, level: str) -> tuple[dict, bool]:
+        """One new frame version (numbered per path), unless this content is already recorded."""
         with self.db.write() as conn:
             existing = self.get_by_sha(sha256)
             if existing is not None:
                 return existing, False
             prev = conn.execute("SELECT COUNT(*) FROM frames WHERE path = ?", (path,)).fetchone()[0]
             now = _now()
-            cur = conn.execute(
-                "INSERT INTO frames (path, name, sha256, size, mtime, version, state, priority, attempts,"
-                " steps, options, created_at, queued_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, 0, ?, ?, ?, ?, ?)",
-                (path, path.rsplit("/", 1)[-1], sha256, size, mtime, prev + 1, priority,
-                 json.dumps(steps) if steps else None, json.dumps(options) if options else None, now, now, now),
-            )
+            row = {"path": path, "name": path.rsplit("/", 1)[-1], "sha256": sha256, "size": size, "mtime": mtime,
+                   "version": prev + 1, "attempts": 0, "created_at": now, "queued_at": now, "updated_at": now,
+                   **columns}
+            cur = conn.execute(f"INSERT INTO frames ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+                               tuple(row.values()))
             frame_id = cur.lastrowid
-            self._event(conn, "frame.queued", frame_id, f"queued {path}", {"sha256": sha256, "size": size})
+            self._event(conn, event, frame_id, message, {"sha256": sha256, "size": size}, level=level)
             return self.get(frame_id), True
 
     # -- reading ------------------------------------------------------------------------
@@ -249,22 +255,9 @@ class FrameStore:
     def add_rejected(self, path: str, sha256: str, size: int, mtime: float | None, error: str) -> tuple[dict, bool]:
         """Record a file that cannot be processed (empty, truncated, not FITS) as failed at once.
         Returns (row, created); identical content already recorded is not added again."""
-        with self.db.write() as conn:
-            existing = self.get_by_sha(sha256)
-            if existing is not None:
-                return existing, False
-            prev = conn.execute("SELECT COUNT(*) FROM frames WHERE path = ?", (path,)).fetchone()[0]
-            now = _now()
-            cur = conn.execute(
-                "INSERT INTO frames (path, name, sha256, size, mtime, version, state, priority, attempts, error,"
-                " created_at, queued_at, finished_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, 'failed', 0, 0, ?, ?, ?, ?, ?)",
-                (path, path.rsplit("/", 1)[-1], sha256, size, mtime, prev + 1, error, now, now, now, now),
-            )
-            frame_id = cur.lastrowid
-            self._event(conn, "frame.rejected", frame_id, f"{path}: {error}", {"sha256": sha256, "size": size},
-                        level="ERROR")
-            return self.get(frame_id), True
+        return self._insert(path, sha256, size, mtime,
+                            {"state": "failed", "priority": 0, "error": error, "finished_at": _now()},
+                            "frame.rejected", f"{path}: {error}", "ERROR")
 
     def latest_for_path(self, path: str) -> dict | None:
         """The newest recorded version of the file at `path`."""
