@@ -44,7 +44,7 @@ def free_port() -> int:
 
 
 def config_text(field: Field | None, *, workers: int, settle: float, http_port: int | None,
-                log_level: str = "INFO", extra: str = "") -> str:
+                log_level: str = "INFO", extra: str = "", pool: str = "") -> str:
     http = (f"[http]\nenabled = true\nhost = \"127.0.0.1\"\nport = {http_port}\ntoken_env = \"{TOKEN_ENV}\"\n"
             if http_port else "[http]\nenabled = false\n")
     return (
@@ -54,6 +54,7 @@ def config_text(field: Field | None, *, workers: int, settle: float, http_port: 
         "cache = \"var/cache\"\n"
         f"[watch]\nsettle_seconds = {settle}\n"
         f"[pool]\nworkers = {workers}\nmax_attempts = 1\nkill_grace_seconds = 2.0\nshutdown_grace_seconds = 5.0\n"
+        + pool
         + http + (field.config_toml() if field else "") + extra
     )
 
@@ -62,7 +63,7 @@ class BenchDaemon:
     """`with BenchDaemon(root, field, workers=1) as d: t = d.drop(frame); d.wait_terminal(1)`."""
 
     def __init__(self, root: Path, field: Field | None, *, workers: int, settle: float = 0.5, http: bool = False,
-                 extra: str = ""):
+                 extra: str = "", pool: str = ""):
         self.harness_mod = _load_test_harness()
         root.mkdir(parents=True, exist_ok=True)
         self.root = root
@@ -70,7 +71,7 @@ class BenchDaemon:
         self.token = secrets.token_hex(16)
         self.settle = settle
         self.workers = workers
-        text = config_text(field, workers=workers, settle=settle, http_port=self.port, extra=extra)
+        text = config_text(field, workers=workers, settle=settle, http_port=self.port, extra=extra, pool=pool)
         self.proc_h = self.harness_mod.DaemonProcess(root, config=text, env={TOKEN_ENV: self.token})
         self.incoming = self.proc_h.incoming
         self.drops: dict[str, float] = {}
@@ -166,6 +167,13 @@ class BenchDaemon:
 
     def status(self) -> dict:
         return self.proc_h.status()
+
+    def pool_warm(self) -> bool | None:
+        """The pool's warm fork server is up (from the daemon's status file, rewritten every 5 s)."""
+        return (self.status().get("pool") or {}).get("warm")
+
+    def wait_warm(self, warm: bool = True, timeout: float = 120) -> None:
+        self.wait(lambda: self.pool_warm() is warm, timeout, f"the pool's fork server {'up' if warm else 'stopped'}")
 
     # -- memory -----------------------------------------------------------------------------
     def tree_rss(self) -> dict[str, Any]:

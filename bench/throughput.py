@@ -5,8 +5,10 @@ between repeats (so drift in the machine's load does not favour one side):
 
 * plain — `bench.plain_script` in a new process: the same STDPipe calls with the same settings,
   frame after frame; its time per frame excludes its imports;
-* 1 worker — a daemon (`stdd run`, 1 worker) started and idle; the N files are written into its
-  incoming folder back to back; span = last result.json written − first file closed;
+* 1 worker — a daemon (`stdd run`, 1 worker) started and idle, its warm fork server up (as it is
+  during a night: `warm_at_start`; the plain script's imports are excluded likewise); the N files
+  are written into its incoming folder back to back; span = last result.json written − first file
+  closed;
 * 2 workers — the same with 2 workers.
 
 The settle window (a configured wait, timed on its own by `ingest_p99_s`) is subtracted from each
@@ -40,7 +42,8 @@ def run_plain(ctx: Context, settings_json: Path, frames: list[Path], work: Path,
 
 def run_daemon(ctx: Context, root: Path, field, frames: list[Path], workers: int, timeout: float) -> dict:
     load0 = os.getloadavg()[0]
-    with BenchDaemon(root, field, workers=workers, settle=SETTLE) as d:
+    with BenchDaemon(root, field, workers=workers, settle=SETTLE, pool="warm_at_start = true\n") as d:
+        d.wait_warm(True, 180)  # the fork server has imported the stage libraries
         time.sleep(1.0)  # let start-up work (rescan, scheduler) finish
         drops = [d.drop(f) for f in frames]
         rows = d.wait_terminal(len(frames), timeout)

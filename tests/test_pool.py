@@ -231,3 +231,47 @@ def test_frame_groups_die_with_a_killed_parent(tmp_path):
         assert not any(alive(p) for p in pids), "the frame's programs outlived the killed daemon"
     finally:
         host.kill()
+
+
+def _forkserver_pid() -> int | None:
+    from multiprocessing import forkserver
+
+    return forkserver._forkserver._forkserver_pid
+
+
+def test_warm_fork_server_starts_with_the_first_frame_and_stops_when_idle(tmp_path):
+    """warm_at_start off: no fork server until a frame comes; after `warm_idle` seconds with no
+    frame the server process is gone (its memory freed), and the next frame starts it again."""
+    from multiprocessing import forkserver
+
+    if not hasattr(forkserver._forkserver, "_stop"):
+        pytest.skip("this Python's fork server cannot be stopped")
+    if _forkserver_pid() is not None:  # an earlier test's server: start from none
+        forkserver._forkserver._stop()
+    p = LocalPool(1, stage_timeout=30, kill_grace=0.5, warm_idle=1.5, warm_at_start=False)
+    p.start()
+    try:
+        run = Run(p)
+        time.sleep(0.5)
+        assert p.status()["warm"] is False and _forkserver_pid() is None
+        p.submit(job(tmp_path, 31))
+        run.until(lambda: run.terminal(31))
+        assert run.terminal(31).state == "done"
+        first = _forkserver_pid()
+        assert first is not None and alive(first)
+        st = p.status()
+        assert st["warm"] is True and st["warm_ups"] == 1
+        run.until(lambda: not p.status()["warm"], timeout=15)  # idle spell over: stopped
+        assert p.status()["warm_stops"] == 1 and _forkserver_pid() is None
+        deadline = time.monotonic() + 5
+        while alive(first) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not alive(first)
+        p.prepare()  # a file appeared: warm up before the frame is queued
+        run.until(lambda: p.status()["warm"], timeout=60)
+        assert p.status()["warm_ups"] == 2
+        p.submit(job(tmp_path, 32))
+        run.until(lambda: run.terminal(32))
+        assert run.terminal(32).state == "done" and p.status()["warm_ups"] == 2
+    finally:
+        p.shutdown(0)

@@ -50,6 +50,11 @@ class WatchSettings(Section):
     incomplete_seconds: float = Field(
         20.0, gt=0, description="a settled file that is still not a whole FITS file is failed after this long"
     )
+    profiles: dict[Path, str] = Field(
+        default_factory=dict,
+        description="incoming folder (one of paths.incoming or a folder inside one; relative to the config file) "
+                    "-> instrument profile name for the frames found in it; beats header matching "
+                    "(stdd.stages.profiles)")
 
 
 class PoolSettings(Section):
@@ -72,6 +77,11 @@ class PoolSettings(Section):
     preload_stage_libraries: bool = Field(
         True, description="import the stages' libraries once in the fork server: ~2.5 s less per frame, "
                           "~240 MB more while idle")
+    warm_at_start: bool = Field(
+        False, description="start the warm fork server with the daemon, not when the first file appears")
+    warm_idle_minutes: float = Field(
+        15.0, ge=0, description="stop the warm fork server (its ~300 MB) after this long without frames; "
+                                "the next file starts it again (~3 s, overlapping the settle window). 0 = never")
     stage_functions: dict[Literal["inspect", "photometry", "transients", "subtraction"], str] = Field(
         default_factory=dict, description="tests and experiments: replace a stage's function, name -> module:callable"
     )

@@ -137,6 +137,13 @@ class Intake:
         with self._lock:
             if self.tracker is not None:
                 self.tracker.note(path, closed)
+        self._frame_coming()
+
+    def _frame_coming(self) -> None:
+        """A frame may be on its way: the pool gets ready (warms up) while the file settles."""
+        pool = self.d.pool
+        if pool is not None:
+            pool.prepare()
 
     async def rescan(self) -> int:
         """Note every matching file not known with its current size and mtime."""
@@ -158,6 +165,7 @@ class Intake:
             n += 1
         if n:
             log.info("rescan: %d file%s to look at", n, "" if n == 1 else "s")
+            self._frame_coming()
         return n
 
     # -- settling -------------------------------------------------------------------------

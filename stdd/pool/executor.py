@@ -86,6 +86,9 @@ class Executor(abc.ABC):
     @abc.abstractmethod
     def start(self) -> None: ...
 
+    def prepare(self) -> None:
+        """A frame is on its way (a file appeared): get ready to start it fast. Optional."""
+
     @abc.abstractmethod
     def free_slots(self) -> int:
         """How many more jobs it takes now."""

@@ -7,6 +7,14 @@ already imported). A new frame process therefore costs a fork, not a Python star
 minute of imports, and it inherits nothing of the daemon's threads, sockets or event loop.
 `workers` is how many frame processes run at once.
 
+The warm fork server holds the stage libraries (~300 MB), so it lives only while there is work:
+it starts when a frame is on its way (the intake calls `prepare()` as soon as a file appears,
+so the imports overlap the settle window) or at start-up with `warm_at_start`, and it stops
+after `warm_idle` seconds with no frame (a night's frames keep it warm; the day does not pay
+for it). Stopping uses the fork server's own stop call (private in Python 3.11, so guarded: if
+it is missing the server simply stays up), and only ever when no frame process is alive, since
+frame processes die with their fork server (parent-death signal).
+
 One supervisor thread owns every process: it starts them, reads their pipes, applies the
 per-stage timeout (SIGTERM to the process group, SIGKILL after `kill_grace`), notices deaths
 (the process sentinel: SIGKILL, segfault, out of memory), and always SIGKILLs what is left of
@@ -75,12 +83,20 @@ class LocalPool(Executor):
     name = "local"
 
     def __init__(self, workers: int, *, stage_timeout: float = 1800.0, stage_timeouts: dict[str, float] | None = None,
-                 kill_grace: float = 10.0, preload: list[str] | None = None):
+                 kill_grace: float = 10.0, preload: list[str] | None = None, warm_idle: float = 0.0,
+                 warm_at_start: bool = True):
         self.workers = max(1, int(workers))
         self.stage_timeout = float(stage_timeout)
         self.stage_timeouts = dict(stage_timeouts or {})
         self.kill_grace = float(kill_grace)
         self.preload = PRELOAD if preload is None else preload
+        self.warm_idle = float(warm_idle)  # seconds without frames before the fork server stops; 0 = never
+        self.warm_at_start = bool(warm_at_start)
+        self._server_up = False          # the fork server is running (supervisor thread's view)
+        self._warm_requested = False     # a "warm" command is queued
+        self._last_busy = time.monotonic()
+        self.warm_ups = 0                # how many times the fork server was started
+        self.warm_stops = 0              # how many times it was stopped after an idle spell
         self._ctx = mp.get_context("forkserver")
         self._running: dict[int, _Running] = {}
         self._commands: "queue.Queue[tuple]" = queue.Queue()
@@ -99,20 +115,30 @@ class LocalPool(Executor):
     def from_settings(cls, pool) -> "LocalPool":
         preload = PRELOAD + (PRELOAD_STAGE_LIBRARIES if pool.preload_stage_libraries else [])
         return cls(pool.effective_workers, stage_timeout=pool.stage_timeout_seconds,
-                   stage_timeouts=dict(pool.stage_timeouts), kill_grace=pool.kill_grace_seconds, preload=preload)
+                   stage_timeouts=dict(pool.stage_timeouts), kill_grace=pool.kill_grace_seconds, preload=preload,
+                   warm_idle=60.0 * pool.warm_idle_minutes, warm_at_start=pool.warm_at_start)
 
     # -- the Executor calls ----------------------------------------------------------------
     def start(self) -> None:
         for var in SINGLE_THREAD_ENV:
             os.environ.setdefault(var, "1")
         self._ctx.set_forkserver_preload(self.preload)
-        from multiprocessing import forkserver
-
-        forkserver.ensure_running()  # now, before more threads exist in this process
         self._thread = threading.Thread(target=self._supervise, name="stdd-pool", daemon=True)
         self._thread.start()
-        log.info("pool: local, %d worker%s, stage timeout %.0f s", self.workers, "" if self.workers == 1 else "s",
-                 self.stage_timeout)
+        idle = f"stops after {self.warm_idle:g} s idle" if self.warm_idle > 0 else "stays up"
+        log.info("pool: local, %d worker%s, stage timeout %.0f s; warm fork server %s, %s",
+                 self.workers, "" if self.workers == 1 else "s", self.stage_timeout,
+                 "started now" if self.warm_at_start else "started when a frame arrives", idle)
+        if self.warm_at_start:
+            self.prepare()
+
+    def prepare(self) -> None:
+        """A frame is on its way: start the warm fork server now if it is down (cheap to call
+        often: it queues at most one request)."""
+        if self._server_up or self._warm_requested or self._stopping or not self.alive:
+            return
+        self._warm_requested = True
+        self._command("warm")
 
     @property
     def alive(self) -> bool:
@@ -160,7 +186,9 @@ class LocalPool(Executor):
                 for r in self._running.values()
             ]
         return {"executor": self.name, "workers": self.workers, "running": running, "alive": self.alive,
-                "stage_timeout_seconds": self.stage_timeout, "stage_timeouts": self.stage_timeouts}
+                "stage_timeout_seconds": self.stage_timeout, "stage_timeouts": self.stage_timeouts,
+                "warm": self._server_up, "warm_idle_seconds": self.warm_idle, "warm_ups": self.warm_ups,
+                "warm_stops": self.warm_stops}
 
     def configure(self, *, workers: int | None = None, stage_timeout: float | None = None,
                   stage_timeouts: dict[str, float] | None = None, kill_grace: float | None = None) -> None:
@@ -200,20 +228,59 @@ class LocalPool(Executor):
         return float(self.stage_timeouts.get(phase, self.stage_timeout))
 
     def _warm_up(self) -> None:
-        """Start one empty process: the fork server imports its preload list now, not when
-        the first frame arrives."""
+        """Start the fork server and one empty process, so the server has imported its
+        preload list before the frame arrives. Blocks the supervisor for the imports (a few
+        seconds; no frame process is running then, since they all need the server)."""
+        if self._server_up:
+            return
+        t0 = time.monotonic()
         try:
+            from multiprocessing import forkserver
+
+            forkserver.ensure_running()
             p = self._ctx.Process(target=os.getpid, name="stdd-warm-up")
             p.start()
-            p.join(60)
-        except Exception as e:  # not fatal: the first frame will pay for it
+            p.join(120)
+            self._server_up = True
+            self.warm_ups += 1
+            log.info("pool: warm fork server up in %.1f s", time.monotonic() - t0)
+        except Exception as e:  # not fatal: the frame's own start will try again
             log.warning("pool: warm-up failed: %s", e)
+        finally:
+            self._warm_requested = False
+            self._last_busy = time.monotonic()
+
+    def _cool_down(self) -> None:
+        """After `warm_idle` seconds with no frame: stop the fork server (frees its memory)."""
+        if (not self._server_up or self.warm_idle <= 0 or self._running
+                or time.monotonic() - self._last_busy < self.warm_idle):
+            return
+        with self._lock:
+            if self._pending:
+                return
+        from multiprocessing import forkserver
+
+        stop = getattr(getattr(forkserver, "_forkserver", None), "_stop", None)
+        if stop is None:  # another Python: keep the server up rather than guess at its internals
+            log.info("pool: this Python cannot stop the fork server; it stays up")
+            self.warm_idle = 0.0
+            return
+        try:
+            stop()
+        except Exception as e:
+            log.warning("pool: stopping the idle fork server failed: %s", e)
+            self.warm_idle = 0.0
+            return
+        self._server_up = False
+        self.warm_stops += 1
+        log.info("pool: warm fork server stopped after %.0f s without frames; the next frame starts it again",
+                 self.warm_idle)
 
     def _supervise(self) -> None:
-        self._warm_up()
         try:
             while True:
                 self._handle_commands()
+                self._cool_down()
                 if self._stopping and not self._running and self._commands.empty():
                     break
                 waitables = [self._wake_r]
@@ -248,6 +315,10 @@ class LocalPool(Executor):
                 return
             if cmd == "submit":
                 self._start(args[0])
+            elif cmd == "warm":
+                if not self._stopping:
+                    self._warm_up()
+                self._warm_requested = False
             elif cmd == "cancel":
                 r = self._running.get(args[0])
                 if r is not None and r.outcome is None:
@@ -260,6 +331,8 @@ class LocalPool(Executor):
                     self._ask_stop(r)
 
     def _start(self, job: FrameJob) -> None:
+        self._warm_up()
+        self._last_busy = time.monotonic()
         parent_conn, child_conn = self._ctx.Pipe(duplex=True)
         proc = self._ctx.Process(target=worker.main, args=(job.to_dict(), child_conn),
                                  name=f"stdd-frame-{job.frame_id}", daemon=False)
@@ -361,6 +434,7 @@ class LocalPool(Executor):
             r.conn.close()
         with self._lock:
             self._running.pop(r.job.frame_id, None)
+        self._last_busy = time.monotonic()
         exitcode = r.proc.exitcode
         try:
             r.proc.close()

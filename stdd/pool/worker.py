@@ -85,7 +85,8 @@ def main(job_data: dict[str, Any], conn) -> None:
                 send("stage_end", stage=name, state=res.state, error=res.error, seconds=res.seconds,
                      summary=res.summary)
 
-        result = run_chain(folder, settings, job.steps, on_stage, functions=job.stage_functions or None)
+        result = _profiled(job, lambda: run_chain(folder, settings, job.steps, on_stage,
+                                                  functions=job.stage_functions or None))
         send("publishing")
         publish(folder, Path(job.result_dir), job.extra)
         finished.set()
@@ -101,6 +102,38 @@ def main(job_data: dict[str, Any], conn) -> None:
             pass
         os._exit(1)
     os._exit(0)  # the pipe closes with the process; no interpreter teardown needed
+
+
+#: set to a folder to have each frame process write a cProfile of its chain there
+#: (`frame-<id>-<attempt>.prof`, read with `python -m pstats`): how the benchmark profiles the
+#: stages inside a running daemon
+PROFILE_ENV = "STDD_PROFILE_DIR"
+
+
+def _profiled(job: FrameJob, chain):
+    folder = os.environ.get(PROFILE_ENV)
+    if not folder:
+        return chain()
+    import cProfile
+    import json
+    import resource
+
+    prof = cProfile.Profile() if os.environ.get(PROFILE_ENV + "_CPROFILE", "1") != "0" else None
+    r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    try:
+        return prof.runcall(chain) if prof else chain()
+    finally:
+        r1, wall = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter() - t0
+        out = Path(folder)
+        out.mkdir(parents=True, exist_ok=True)
+        stem = out / f"frame-{job.frame_id}-{job.attempt}"
+        if prof:
+            prof.dump_stats(f"{stem}.prof")
+        usage = {"wall_s": round(wall, 3), "user_s": round(r1.ru_utime - r0.ru_utime, 3),
+                 "system_s": round(r1.ru_stime - r0.ru_stime, 3), "minor_faults": r1.ru_minflt - r0.ru_minflt,
+                 "major_faults": r1.ru_majflt - r0.ru_majflt, "voluntary_switches": r1.ru_nvcsw - r0.ru_nvcsw,
+                 "involuntary_switches": r1.ru_nivcsw - r0.ru_nivcsw}
+        Path(f"{stem}.json").write_text(json.dumps(usage))
 
 
 def _watch_parent(conn, stop: threading.Event, finished: threading.Event) -> None:
