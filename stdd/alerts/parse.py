@@ -7,9 +7,9 @@ themselves (classic JSON, text). Anything unreadable raises `NoticeError` with t
 from __future__ import annotations
 
 import json
-import struct
 
 from . import gcn
+from .binary_notices import parse_binary_notice
 from .gwalert import parse_gwalert
 from .json_notices import parse_json_notice
 from .notice import Alert, NoticeError
@@ -76,14 +76,5 @@ def _heartbeat_time(raw: bytes) -> str | None:
 
 
 def _classic_binary(raw: bytes, topic: str | None) -> Alert:
-    """Classic 160-byte socket packets: control packets are recognised, science ones are not read."""
-    if len(raw) != 160:
-        raise NoticeError(f"classic binary packets are 160 bytes, got {len(raw)}")
-    ptype = struct.unpack(">i", raw[:4])[0]
-    name = gcn.PACKET_TYPES.get(ptype)
-    if name in gcn.CONTROL_TYPES:
-        return Alert(id=f"gcn-control:{name}:{raw[:32].hex()}", mission="GCN", notice_type=name,
-                     role="control", role_reason=f"{name} control packet", format="control", topic=topic,
-                     alert_type="control")
-    raise NoticeError(f"classic binary packet of type {ptype} ({name or 'unknown'}): binary notices are not "
-                      "read; subscribe to the gcn.classic.voevent or gcn.notices topic instead")
+    """Classic 160-byte socket packets: control packets and the science layouts `binary_notices` decodes."""
+    return parse_binary_notice(raw, topic)
