@@ -89,8 +89,11 @@ def run_chain(folder: Path, settings: StageSettings, steps: Iterable[str] | None
     to result.json in the folder). `functions` (stage name -> "module:callable") replaces a
     stage's function: tests and experiments (settings `pool.stage_functions`).
     """
+    from .stages.profiles import settle
+
     folder = Path(folder)
     names = select_steps(steps)
+    settings = settle(settings, folder)  # the frame's instrument profile, chosen here by its header
     previous = _read_json(folder / RESULT_FILE) or {}
     results: dict[str, StageResult] = {}
     for name in names:

@@ -6,7 +6,7 @@ import sys
 import click
 
 from ..config import ConfigError, load_settings
-from ..config.load import default_config_path, list_instruments, load_instrument, settings_as_json
+from ..config.load import default_config_path, settings_as_json
 from .common import EXIT_USAGE, config_path, echo_json
 
 
@@ -27,16 +27,12 @@ def check(ctx: click.Context, file: str | None) -> None:
     except ConfigError as e:
         errors = e.errors
     else:
-        for prof in list_instruments(settings):
-            try:
-                load_instrument(settings, str(prof))
-            except ConfigError as e:
-                errors.extend(e.errors)
-        if settings.pipeline.instrument:
-            try:
-                load_instrument(settings, settings.pipeline.instrument)
-            except ConfigError as e:
-                errors.extend(e.errors)
+        from ..stages.profiles import load_profiles
+
+        try:  # every profile in instruments_dir and those watch.profiles / pipeline.instrument name
+            load_profiles(settings)
+        except ConfigError as e:
+            errors.extend(e.errors)
     if errors:
         for line in errors:
             click.echo(line, err=True)

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from .common import EXIT_FAILURE, get_settings
+from .common import EXIT_FAILURE, EXIT_USAGE, get_settings
 
 
 def services_for(settings) -> tuple[list, object | None]:
@@ -31,6 +31,7 @@ def register(cli: click.Group) -> None:
     @click.pass_context
     def run(ctx: click.Context) -> None:
         """Run the daemon in the foreground until SIGTERM or Ctrl-C (SIGHUP reloads the config)."""
+        from ..config import ConfigError
         from ..daemon import Daemon, DaemonError
         from ..daemon.logs import setup_logging
         from ..store import StoreError
@@ -44,4 +45,8 @@ def register(cli: click.Group) -> None:
         except (DaemonError, StoreError) as e:
             click.echo(f"error: {e}", err=True)
             sys.exit(EXIT_FAILURE)
+        except ConfigError as e:  # found at start, e.g. an instrument profile the config names is missing
+            for line in e.errors:
+                click.echo(f"config error: {line}", err=True)
+            sys.exit(EXIT_USAGE)
         sys.exit(code)

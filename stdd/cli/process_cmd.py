@@ -72,8 +72,9 @@ def register(cli: click.Group) -> None:
     @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
     @click.option("--steps", help="Comma-separated stages to run (default: pipeline.steps): "
                                   "inspect,photometry,transients,subtraction.")
-    @click.option("--profile", help="Instrument profile: a name in instruments_dir or a .toml path "
-                                    "(default: pipeline.instrument, else the profile whose `match` fits the header).")
+    @click.option("--profile", help="Instrument profile: a name in instruments_dir or a .toml path (default: the "
+                                    "one watch.profiles names for the file's folder, else the profile whose "
+                                    "`match` fits the header, else pipeline.instrument).")
     @click.option("--catalog", "catalogs", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
                   help="Reference catalogue file (FITS, ECSV, Parquet, VOTable); repeatable. Sets catalog.source = local.")
     @click.option("--template", type=click.Path(dir_okay=False, path_type=Path),
@@ -88,10 +89,10 @@ def register(cli: click.Group) -> None:
     @click.pass_context
     def process(ctx, files, steps, profile, catalogs, template, overrides, out, as_json, keep_work):
         """Run the stages on FILE... and write one result folder per file under --out."""
-        from ..config.load import ConfigError, load_instrument, parse_override
-        from ..pipeline import STAGE_NAMES, prepare_folder, publish, run_chain, select_steps
+        from ..config.load import ConfigError, parse_override
+        from ..pipeline import prepare_folder, publish, run_chain, select_steps
         from ..stages.base import StageSettings
-        from ..stages.profiles import match_profile, read_header
+        from ..stages.profiles import load_profile, load_profiles
 
         parsed = {}
         for text in overrides:
@@ -124,15 +125,15 @@ def register(cli: click.Group) -> None:
         except ValueError as e:
             click.echo(f"error: --steps: {e}", err=True)
             sys.exit(EXIT_USAGE)
-        fixed_profile = None
-        name = profile or settings.pipeline.instrument
-        if name:
-            try:
-                fixed_profile = load_instrument(settings, name)
-            except ConfigError as e:
-                for line in e.errors:
-                    click.echo(f"config error: {line}", err=True)
-                sys.exit(EXIT_USAGE)
+        # the daemon's choice (stdd.stages.profiles): --profile, else watch.profiles by the file's folder,
+        # else the header's match, else pipeline.instrument
+        try:
+            profiles = load_profiles(settings)
+            explicit_profile = load_profile(settings, profile, "--profile") if profile else None
+        except ConfigError as e:
+            for line in e.errors:
+                click.echo(f"config error: {line}", err=True)
+            sys.exit(EXIT_USAGE)
 
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
@@ -147,9 +148,9 @@ def register(cli: click.Group) -> None:
                 fname = _name_for(Path(f), used)
                 work = out / ".work" / fname
                 result_dir = out / fname
-                res = _process_one(Path(f), work, result_dir, settings, fixed_profile, names,
-                                   prepare_folder, run_chain, publish, StageSettings, match_profile, read_header,
-                                   pipeline_keys)
+                choice = profiles.choice_for(Path(f), explicit_profile)
+                res = _process_one(Path(f), work, result_dir, settings, choice, names,
+                                   prepare_folder, run_chain, publish, StageSettings, pipeline_keys)
                 res = {"file": str(f), "result_dir": str(result_dir), **res}
                 if res.get("status") != "done":
                     failed += 1
@@ -174,8 +175,8 @@ def register(cli: click.Group) -> None:
         sys.exit(EXIT_FAILURE if failed else EXIT_OK)
 
 
-def _process_one(path, work, result_dir, settings, fixed_profile, names, prepare_folder, run_chain, publish,
-                 StageSettings, match_profile, read_header, pipeline_keys=()) -> dict:
+def _process_one(path, work, result_dir, settings, choice, names, prepare_folder, run_chain, publish,
+                 StageSettings, pipeline_keys=()) -> dict:
     """Process one file; any problem becomes a failed result naming it."""
     import json
 
@@ -197,20 +198,17 @@ def _process_one(path, work, result_dir, settings, fixed_profile, names, prepare
         prepare_folder(path, work)
     except OSError as e:
         return failed(f"{names[0]}: cannot copy the file: {e.strerror or e}")
-    profile = fixed_profile
-    if profile is None:
-        header = read_header(path)
-        if header is not None:
-            profile = match_profile(settings, header)
     from pydantic import ValidationError
 
-    # explicit -c pipeline keys win over the profile's pipeline overrides
+    # explicit -c pipeline keys win over the profile's pipeline overrides; run_chain chooses the
+    # profile by the header when neither --profile nor the folder did
     explicit = {k: getattr(settings.pipeline, k) for k in pipeline_keys}
     try:
-        stage_settings = StageSettings.from_settings(settings, instrument=profile, **explicit)
+        stage_settings = StageSettings.from_settings(settings, profiles=choice, **explicit)
     except ValidationError as e:
-        return failed(f"{names[0]}: instrument profile {profile.name}: invalid pipeline override: "
+        profs = ", ".join(p.name for p in choice.candidates())
+        return failed(f"{names[0]}: -c settings conflict with instrument profile(s) {profs}: "
                       + "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors()))
     run_chain(work, stage_settings, steps=names)
-    publish(work, result_dir, extra={"file": str(path), "instrument_profile": profile.name if profile else None})
+    publish(work, result_dir, extra={"file": str(path)})
     return json.loads((result_dir / RESULT_FILE).read_text())

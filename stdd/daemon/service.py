@@ -30,11 +30,11 @@ from typing import Any, Iterable
 
 from .. import __version__
 from ..config import ConfigError, Settings, load_settings
-from ..config.load import load_instrument
 from ..pipeline import ORIGINAL_PREFIX, STAGE_NAMES, select_steps
 from ..pool import Executor, FrameJob, PoolEvent, make_executor
 from ..pool.procs import kill_stale_group
 from ..stages.base import StageSettings
+from ..stages.profiles import ProfileSet, load_profiles
 from ..store import Database, EventLog, FrameStore, TERMINAL
 from ..watch.files import file_stat
 from ..watch.fitscheck import check_fits
@@ -433,9 +433,11 @@ class Daemon:
         if self.events is not None:
             self.reload()
 
-    def _load_instrument(self, settings: Settings):
-        name = settings.pipeline.instrument
-        return load_instrument(settings, name) if name else None
+    def _load_instrument(self, settings: Settings) -> ProfileSet:
+        """Every instrument profile the config names (`watch.profiles`, `pipeline.instrument`) or may
+        match by header, read and validated once per load; ConfigError names the bad key or file.
+        `_job_for` picks by the frame's folder; the frame's process by its header (stages/profiles.py)."""
+        return load_profiles(settings)
 
     def _apply(self, old: Settings, new: Settings) -> None:
         setup_logging(new.log_level)
@@ -510,7 +512,8 @@ class Daemon:
             regions = []
         options = frame.get("options") or {}
         overrides = options.get("pipeline") or {}
-        stage_settings = StageSettings.from_settings(s, self._instrument, regions, **overrides)
+        profiles = self._instrument.choice_for(frame["path"])  # by folder; by header in the frame's process
+        stage_settings = StageSettings.from_settings(s, regions=regions, profiles=profiles, **overrides)
         work_dir = s.paths.work / str(frame["id"])
         result_dir = result_dir_for(s.paths.results, frame["id"], frame["name"])
         self.frames.set_dirs(frame["id"], str(work_dir), str(result_dir))

@@ -4,7 +4,8 @@ Reads `original.*` (written by pipeline.prepare_folder); writes `image.fits` (fi
 linear flux, fixed header, float32), `mask.fits` (uint8 bit planes, see MASK_BITS), `inspect.json`
 (what later stages read) and `image_target.fits` (a cutout around the primary target).
 
-Fixed STDWeb weaknesses: the instrument profile is consulted first for gain and saturation and
+Fixed STDWeb weaknesses: the instrument profile (chosen per frame, see stages/profiles.py; its
+name and why it was chosen are recorded) is consulted first for gain and saturation and
 the source of each value is recorded; an unknown filter is an error naming the header value; the
 time is mid-exposure; a header TARGET/OBJECT never switches the mode (targets come only from
 settings and alert regions).
@@ -50,6 +51,8 @@ def _inspect(run: StageRun, settings: StageSettings):
     prof = settings.instrument
     src = find_original(run.folder)
     run.log(f"reading {src.name} ({src.stat().st_size} bytes)")
+    profile_source = settings.instrument_source or ("explicit" if prof is not None else "none")
+    run.log(f"instrument profile: {prof.name if prof else 'none'} ({profile_source})")
     try:
         image, header, notes = load_first_image(src)
     except FrameError as e:
@@ -186,6 +189,7 @@ def _inspect(run: StageRun, settings: StageSettings):
         "pixscale_arcsec": finite_or_none(pixscale), "wcs_initial": wcs_state,
         "masked_fraction": round(masked, 6), "n_cosmics_pixels": n_cosmic,
         "instrument": prof.name if prof else None,
+        "instrument_profile": prof.name if prof else None, "instrument_profile_source": profile_source,
         "catalog_suggestion": filters.suggest_catalog(band, suggestion_dec) if suggestion_dec is not None else None,
         "template_suggestion": (filters.suggest_template(band, ra, dec) if ra is not None else None),
     }
