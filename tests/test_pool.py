@@ -275,3 +275,95 @@ def test_warm_fork_server_starts_with_the_first_frame_and_stops_when_idle(tmp_pa
         assert run.terminal(32).state == "done" and p.status()["warm_ups"] == 2
     finally:
         p.shutdown(0)
+
+
+def _frame_pids(run: Run) -> dict[int, int]:
+    return {e.frame_id: e.pid for e in run.events if e.kind == "stage_start" and e.stage == "inspect"}
+
+
+def test_a_clean_frame_process_takes_the_next_frame_up_to_its_limit(tmp_path):
+    """frames_per_process = 3: three frames in a row run in one process, the fourth in a new one;
+    a program a stage left running is killed before the next frame; every result is published."""
+    p = LocalPool(1, stage_timeout=30, kill_grace=0.5, frames_per_process=3)
+    p.start()
+    try:
+        run = Run(p)
+        stray = tmp_path / "stray.pid"
+        p.submit(job(tmp_path, 41, T_EXEC="/bin/sh", T_ARGS=f"-c 'sleep 300 & echo $! > {stray}'"))
+        run.until(lambda: run.terminal(41))
+        pid = int(stray.read_text())
+        deadline = time.monotonic() + 5
+        while alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not alive(pid), "a program the frame's stage left running outlived the frame"
+        for fid in (42, 43, 44):
+            p.submit(job(tmp_path, fid))
+            run.until(lambda: run.terminal(fid))
+        assert all(run.terminal(f).state == "done" for f in (41, 42, 43, 44))
+        pids = _frame_pids(run)
+        assert pids[41] == pids[42] == pids[43] != pids[44]
+        for fid in (41, 42, 43, 44):
+            result = json.loads((tmp_path / "results" / f"{fid}-f" / "result.json").read_text())
+            assert result["frame_id"] == fid and result["test_id"] == str(fid)
+        assert p.status()["idle_processes"] == 1
+        first = pids[41]
+        deadline = time.monotonic() + 5
+        while alive(first) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not alive(first), "the process that reached its frame limit did not exit"
+    finally:
+        p.shutdown(0)
+    assert not alive(pids[44]), "an idle frame process outlived the pool's shutdown"
+
+
+def test_a_failed_or_killed_frame_is_not_followed_in_its_process(tmp_path):
+    """A stage failure is a clean end (the process is reused); a timeout or a crash is not."""
+    p = LocalPool(1, stage_timeout=30, kill_grace=0.5, frames_per_process=10)
+    p.start()
+    try:
+        run = Run(p)
+        p.submit(job(tmp_path, 51, T_FAIL="no stars"))
+        run.until(lambda: run.terminal(51))
+        p.submit(job(tmp_path, 52, T_CRASH="SIGKILL"))
+        run.until(lambda: run.terminal(52))
+        p.configure(stage_timeouts={"inspect": 1.0})
+        p.submit(job(tmp_path, 53, T_SLEEP=30))
+        run.until(lambda: run.terminal(53))
+        p.configure(stage_timeouts={})
+        p.submit(job(tmp_path, 54))
+        run.until(lambda: run.terminal(54))
+        states = {f: (run.terminal(f).kind, run.terminal(f).state) for f in (51, 52, 53, 54)}
+        assert states == {51: ("finished", "failed"), 52: ("lost", "died"), 53: ("lost", "timeout"),
+                          54: ("finished", "done")}
+        pids = _frame_pids(run)
+        assert pids[51] == pids[52]          # a failed stage ended cleanly: reused
+        assert len({pids[52], pids[53], pids[54]}) == 3  # killed processes are never reused
+        assert not alive(pids[52]) and not alive(pids[53])
+    finally:
+        p.shutdown(0)
+
+
+def test_idle_frame_processes_leave_with_the_warm_server(tmp_path):
+    from multiprocessing import forkserver
+
+    if not hasattr(forkserver._forkserver, "_stop"):
+        pytest.skip("this Python's fork server cannot be stopped")
+    p = LocalPool(1, stage_timeout=30, kill_grace=0.5, frames_per_process=10, warm_idle=1.5, warm_at_start=False)
+    p.start()
+    try:
+        run = Run(p)
+        p.submit(job(tmp_path, 61))
+        run.until(lambda: run.terminal(61))
+        pid = _frame_pids(run)[61]
+        assert alive(pid) and p.status()["idle_processes"] == 1
+        run.until(lambda: not p.status()["warm"], timeout=15)
+        assert p.status()["idle_processes"] == 0
+        deadline = time.monotonic() + 5
+        while alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not alive(pid)
+        p.submit(job(tmp_path, 62))
+        run.until(lambda: run.terminal(62))
+        assert run.terminal(62).state == "done" and _frame_pids(run)[62] != pid
+    finally:
+        p.shutdown(0)

@@ -7,6 +7,11 @@ applies per-stage timeouts from them), then `finished` (the chain ran and its re
 published), `interrupted` (asked to stop between stages at shutdown) or `error` (something
 outside the stages failed: the parent retries).
 
+After `finished` the process kills whatever its stages left running in its group and says
+`idle`; the pool may then send it the next frame (a process that has run a frame runs the next
+one ~10 % faster than a new one: its heap and the libraries' caches are warm) or `exit`. After
+`interrupted` or `error` it exits, and a frame whose process is killed takes the process with it.
+
 If the daemon dies (even by SIGKILL) nothing of the frame may go on running: a thread watches
 the pipe, and its end (EOF) takes the whole group down; and as the fork server exits when the
 daemon goes, the kernel's parent-death signal (PR_SET_PDEATHSIG → SIGTERM) does the same. For
@@ -15,6 +20,7 @@ the fork server to notice, the frame process closes its copy of the server's "al
 from __future__ import annotations
 
 import os
+import queue
 import shutil
 import signal
 import threading
@@ -24,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from .executor import FrameJob
-from .procs import set_parent_death_signal
+from .procs import group_members, set_parent_death_signal
 
 
 class _Interrupted(Exception):
@@ -46,7 +52,8 @@ def _on_term(signum, frame) -> None:
 
 
 def main(job_data: dict[str, Any], conn) -> None:
-    """Entry point of the frame process (multiprocessing target)."""
+    """Entry point of the frame process (multiprocessing target): the first frame, then each
+    frame the parent sends after our `idle`, until it says `exit` (or goes away)."""
     try:
         os.setsid()
     except OSError:
@@ -60,8 +67,26 @@ def main(job_data: dict[str, Any], conn) -> None:
 
     _close_forkserver_alive_fd()
     stop = threading.Event()
-    finished = threading.Event()
-    threading.Thread(target=_watch_parent, args=(conn, stop, finished), name="parent-watch", daemon=True).start()
+    busy = threading.Event()
+    inbox: "queue.Queue[dict | None]" = queue.Queue()
+    busy.set()
+    threading.Thread(target=_read_parent, args=(conn, stop, busy, inbox), name="parent-watch", daemon=True).start()
+
+    while True:
+        if not _run_frame(job_data, conn, stop, busy):
+            os._exit(1)
+        _end_stray_programs()
+        stop.clear()
+        busy.clear()
+        conn.send({"kind": "idle", "time": time.time()})
+        job_data = inbox.get()
+        if job_data is None:  # "exit", or the parent is gone
+            os._exit(0)
+        busy.set()
+
+
+def _run_frame(job_data: dict[str, Any], conn, stop: threading.Event, busy: threading.Event) -> bool:
+    """One frame: prepare, chain, publish, reported over the pipe. False: the process must end."""
 
     def send(kind: str, **data) -> None:
         conn.send({"kind": kind, "time": time.time(), **data})
@@ -89,19 +114,49 @@ def main(job_data: dict[str, Any], conn) -> None:
                                                   functions=job.stage_functions or None))
         send("publishing")
         publish(folder, Path(job.result_dir), job.extra)
-        finished.set()
+        busy.clear()
         send("finished", status=result.get("status"), error=result.get("error"), result=result)
+        return True
     except _Interrupted as e:
-        finished.set()
+        busy.clear()
         send("interrupted", stage=str(e))
+        return False
     except BaseException as e:  # noqa: BLE001 - reported to the parent, which decides
-        finished.set()
+        busy.clear()
         try:
             send("error", error=f"{type(e).__name__}: {e}", trace=traceback.format_exc())
         except Exception:
             pass
-        os._exit(1)
-    os._exit(0)  # the pipe closes with the process; no interpreter teardown needed
+        return False
+
+
+def _end_stray_programs() -> None:
+    """Between frames: nothing a stage started may outlive its frame (the group is ours)."""
+    me = os.getpid()
+    for pid in group_members(os.getpgid(0)):
+        if pid != me:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+
+def _read_parent(conn, stop: threading.Event, busy: threading.Event, inbox: "queue.Queue") -> None:
+    """The only reader of the pipe: "stop" = end after the current stage; a job = the next
+    frame; "exit" = end now. EOF = the daemon is gone: mid-frame, take the group down."""
+    try:
+        while True:
+            msg = conn.recv()
+            if msg == "stop":
+                stop.set()
+            elif msg == "exit":
+                inbox.put(None)
+            elif isinstance(msg, dict):
+                inbox.put(msg)
+    except (EOFError, OSError):
+        if busy.is_set():
+            _on_term(signal.SIGTERM, None)
+        inbox.put(None)
 
 
 #: set to a folder to have each frame process write a cProfile of its chain there
@@ -134,18 +189,6 @@ def _profiled(job: FrameJob, chain):
                  "major_faults": r1.ru_majflt - r0.ru_majflt, "voluntary_switches": r1.ru_nvcsw - r0.ru_nvcsw,
                  "involuntary_switches": r1.ru_nivcsw - r0.ru_nivcsw}
         Path(f"{stem}.json").write_text(json.dumps(usage))
-
-
-def _watch_parent(conn, stop: threading.Event, finished: threading.Event) -> None:
-    """Read the parent's messages ("stop" = end after the current stage); EOF = the daemon
-    is gone: take the group down."""
-    try:
-        while True:
-            if conn.recv() == "stop":
-                stop.set()
-    except (EOFError, OSError):
-        if not finished.is_set():
-            _on_term(signal.SIGTERM, None)
 
 
 def _close_forkserver_alive_fd() -> None:
