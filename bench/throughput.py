@@ -92,11 +92,14 @@ def measure(ctx: Context) -> dict[str, Value]:
     timeout = 600 if ctx.quick else 3600
     repeats = []
     ingest: list[float] = []
-    for rep in range(ctx.repeats):
+    # a 1-worker span is ~40 s on a shared machine whose speed drifts by ±20 % over minutes: full
+    # mode takes at least 5 side-by-side repeats for these two ratios
+    n_rep = ctx.repeats if ctx.quick else max(ctx.repeats, 5)
+    for rep in range(n_rep):
         order = ["plain", "w1", "w2"] if rep % 2 == 0 else ["w2", "w1", "plain"]
         got = {}
         for side in order:
-            ctx.log(f"  repeat {rep + 1}/{ctx.repeats}: {side} on {n} frames of {size}²")
+            ctx.log(f"  repeat {rep + 1}/{n_rep}: {side} on {n} frames of {size}²")
             if side == "plain":
                 got[side] = run_plain(ctx, settings_json, frames, folder / f"plain-{rep}", timeout)
             else:
