@@ -353,7 +353,7 @@ def subtraction(s: StageSettings, st: dict, out: Path, q: Quiet) -> None:
             diff_full[core], err_full[core], conv_full[core] = diff[sub], noise[sub], np.asarray(conv, float)[sub]
             if p.sub_mode == "detection":
                 c = _detect(q, s, diff, noise, img_bs, conv, m | tm, bits[sl], wcs, zp, fwhm, aper, (ox0, oy0),
-                            (x0, x1, y0, y1), f"tile_{ix}_{iy}", stars=stars)
+                            (x0, x1, y0, y1), f"tile_{ix}_{iy}", stars=stars, tobj=tobj)
                 if len(c):
                     cands.append(c)
     hdr = wcs.to_header(relax=True)

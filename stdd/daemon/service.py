@@ -79,7 +79,7 @@ class Daemon:
         self.state = "starting"
         self.paused_reason: str | None = None
         self.started_at: float | None = None
-        self._instrument = None
+        self._profiles = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._wake: asyncio.Event | None = None
@@ -222,7 +222,7 @@ class Daemon:
         self.notifier.reloading()
         try:
             new = load_settings(self.config_path)
-            instrument = self._load_instrument(new)
+            profiles = self._load_profiles(new)
         except ConfigError as e:
             for line in e.errors:
                 log.error("reload: %s", line)
@@ -231,7 +231,7 @@ class Daemon:
                             data={"errors": e.errors}, level="ERROR")
             self.notifier.notify(READY=1, STATUS="reload failed; running with the previous config")
             return False, list(e.errors)
-        old, self.settings, self._instrument = self.settings, new, instrument
+        old, self.settings, self._profiles = self.settings, new, profiles
         self._apply(old, new)
         log.info("reload: %s loaded", self.config_path)
         self.events.add("daemon.reloaded", f"config {self.config_path} reloaded")
@@ -306,7 +306,7 @@ class Daemon:
         self.db = Database(self.db_path)
         self.frames = FrameStore(self.db)
         self.events = EventLog(self.db)
-        self._instrument = self._load_instrument(s)
+        self._profiles = self._load_profiles(s)
         await asyncio.to_thread(self._recover)
         if self.pool is None:
             self.pool = make_executor(s.pool)
@@ -433,7 +433,7 @@ class Daemon:
         if self.events is not None:
             self.reload()
 
-    def _load_instrument(self, settings: Settings) -> ProfileSet:
+    def _load_profiles(self, settings: Settings) -> ProfileSet:
         """Every instrument profile the config names (`watch.profiles`, `pipeline.instrument`) or may
         match by header, read and validated once per load; ConfigError names the bad key or file.
         `_job_for` picks by the frame's folder; the frame's process by its header (stages/profiles.py)."""
@@ -512,7 +512,7 @@ class Daemon:
             regions = []
         options = frame.get("options") or {}
         overrides = options.get("pipeline") or {}
-        profiles = self._instrument.choice_for(frame["path"])  # by folder; by header in the frame's process
+        profiles = self._profiles.choice_for(frame["path"])  # by folder; by header in the frame's process
         stage_settings = StageSettings.from_settings(s, regions=regions, profiles=profiles, **overrides)
         work_dir = s.paths.work / str(frame["id"])
         result_dir = result_dir_for(s.paths.results, frame["id"], frame["name"])

@@ -36,9 +36,12 @@ def measure(obj: Table, image: np.ndarray, mask: np.ndarray, *, fwhm: float, ape
             kw["err"] = err
         if bg is not None:
             kw["bg"] = bg
+        # the global background map is needed only when none is given: asking STDPipe for it
+        # always costs a Background2D of the whole image (two per call on a difference tile)
         res = spm.measure_objects(obj, image, aper=aper, fwhm=None, bkgann=None, mask=mask, gain=gain,
-                                  bg_size=bg_size, sn=None, keep_negative=True, get_bg=True, verbose=False, **kw)
-    out, bgmap, errmap = res
+                                  bg_size=bg_size, sn=None, keep_negative=True, get_bg=bg is None, verbose=False,
+                                  **kw)
+    out, bgmap = (res[0], res[1]) if bg is None else (res, None)
     if "flags" not in out.colnames:
         out["flags"] = np.zeros(len(out), np.int32)
     out["flags"] = np.asarray(out["flags"], dtype=np.int32)
