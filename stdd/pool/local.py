@@ -420,13 +420,12 @@ class LocalPool(Executor):
         return False
 
     def _on_idle(self, r: _Running) -> None:
-        """The process finished its frame cleanly and waits: report the frame, keep or dismiss it."""
+        """The process finished its frame cleanly and waits: keep or dismiss it, then report the
+        frame (in that order, so whoever sees the frame's end sees the pool's new state)."""
         msg = r.reported or {}
         with self._lock:
             self._running.pop(r.job.frame_id, None)
         self._last_busy = time.monotonic()
-        self._emit("finished", r, state=msg.get("status") or "failed", error=msg.get("error"),
-                   data={"result": msg.get("result") or {}}, seconds=round(time.monotonic() - r.started, 3))
         conn, r.conn = r.conn, None  # the process's pipe now belongs to the idle list (or is closed)
         rss = _rss_mb(r.pid)
         if (self._stopping or r.frames >= self.frames_per_process or r.outcome is not None
@@ -434,6 +433,8 @@ class LocalPool(Executor):
             self._retire(r.proc, conn, say_exit=True)
         else:
             self._idle.append(_Idle(proc=r.proc, conn=conn, pid=r.pid, frames=r.frames, since=time.monotonic()))
+        self._emit("finished", r, state=msg.get("status") or "failed", error=msg.get("error"),
+                   data={"result": msg.get("result") or {}}, seconds=round(time.monotonic() - r.started, 3))
 
     def _retire(self, proc, conn, say_exit: bool = False) -> None:
         if say_exit and conn is not None:
