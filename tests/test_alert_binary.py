@@ -14,14 +14,13 @@ import sys
 import time
 
 import pytest
+from alert_env import alert_service
 from astropy.time import Time
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stdd.alerts import AlertService, DropFolderIntake, IntakeMessage, NoticeError, parse_notice, screen
+from stdd.alerts import DropFolderIntake, IntakeMessage, NoticeError, parse_notice, screen
 from stdd.alerts.binary_notices import DECODERS, parse_binary_notice
-from stdd.config import settings_from_dict
-from stdd.store import Database
 
 K68 = math.sqrt(math.log(0.1) / math.log(0.32))  # 68 % -> 90 % radius of a 2-D Gaussian
 TERMINATOR = 0x0A  # word 39 of every real packet: the bytes 00 00 00 0a
@@ -413,16 +412,8 @@ def test_plausible_packets_always_parse(ptype, tjd, centi, ra, dec, err, trig_id
 # -- through the daemon's alert path, real SQLite -------------------------------------------------
 @pytest.fixture
 def env(tmp_path):
-    settings = settings_from_dict({
-        "paths": {"alert_drop": "drop"},
-        "alerts": {"enabled": True, "drop_poll_seconds": 0.05, "drop_settle_seconds": 0.0,
-                   "rules": [{"require_visible": False, "priority": 7, "actions": ["req"]}],
-                   "actions": {"req": {"kind": "request_file", "folder": "requests"}}}}, base=tmp_path)
-    db = Database(tmp_path / "stdd.sqlite")
-    service = AlertService(db, settings)
-    yield service, tmp_path
-    service.close()
-    db.close()
+    with alert_service(tmp_path, priority=7) as env:
+        yield env
 
 
 def test_binary_packet_dropped_into_the_drop_folder_is_stored_and_acted_on(env):

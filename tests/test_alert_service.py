@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import pytest
+from alert_env import alert_service
 from alert_skymap import make_gwalert
 
 from stdd.alerts import AlertService, DropFolderIntake, IntakeMessage
@@ -16,17 +17,8 @@ from stdd.store import Database
 
 @pytest.fixture
 def env(tmp_path):
-    settings = settings_from_dict({
-        "paths": {"alert_drop": "drop"},
-        "alerts": {"enabled": True, "drop_poll_seconds": 0.05, "drop_settle_seconds": 0.0,
-                   "forced_photometry_max_radius_deg": 0.05,
-                   "rules": [{"require_visible": False, "priority": 42, "actions": ["req"]}],
-                   "actions": {"req": {"kind": "request_file", "folder": "requests"}}}}, base=tmp_path)
-    db = Database(tmp_path / "stdd.sqlite")
-    service = AlertService(db, settings)
-    yield service, tmp_path
-    service.close()
-    db.close()
+    with alert_service(tmp_path, priority=42, forced_photometry_max_radius_deg=0.05) as env:
+        yield env
 
 
 def requests_in(folder: Path) -> list[str]:
