@@ -269,7 +269,7 @@ def test_a_crash_loop_pauses_intake_and_says_so(daemon):
     frames = d.frames()
     assert [(f["id"], f["state"]) for f in frames] == before  # nothing more is started
     failed = sum(f["state"] == "failed" for f in frames)
-    assert failed in (3, 4) and sum(f["state"] == "queued" for f in frames) == 5 - failed
+    assert failed in (3, 4) and sum(f["state"] == "queued" for f in frames) == 5 - failed, d.log()
     assert all("SIGSEGV" in f["error"] for f in frames if f["state"] == "failed")
     assert "crash loop" in d.log()
     assert d.stop() == 0

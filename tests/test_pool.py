@@ -184,6 +184,24 @@ def test_full_pool_refuses_and_frees_slots(pool, tmp_path):
     assert {r["frame_id"] for r in pool.status()["running"]} == set()
 
 
+def test_a_dead_frames_slot_stays_busy_until_its_end_is_recorded(pool, tmp_path):
+    """The daemon's contract (hold_ends): a slot is free only once the caller confirms it has
+    recorded the terminal event, never in the gap between poll() and that record."""
+    pool.hold_ends = True
+    run = Run(pool)
+    pool.submit(job(tmp_path, 9, T_CRASH="SIGSEGV"))
+    pool.submit(job(tmp_path, 10, T_SLEEP=30))
+    run.until(lambda: run.terminal(9))
+    assert pool.free_slots() == 0  # polled, not yet recorded
+    pool.end_recorded()
+    assert pool.free_slots() == 1
+    assert pool.cancel(10)
+    run.until(lambda: run.terminal(10))
+    assert pool.free_slots() == 1
+    pool.end_recorded()
+    assert pool.free_slots() == 2
+
+
 def test_shutdown_lets_the_current_stage_finish_then_stops(tmp_path):
     p = LocalPool(2, stage_timeout=30, kill_grace=0.5)
     p.start()

@@ -310,6 +310,7 @@ class Daemon:
         await asyncio.to_thread(self._recover)
         if self.pool is None:
             self.pool = make_executor(s.pool)
+        self.pool.hold_ends = True  # see _record
         await asyncio.to_thread(self.pool.start)
         await self.intake.start()
         self._start_scheduler()
@@ -370,7 +371,7 @@ class Daemon:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.pool is not None:
             for ev in self.pool.poll(0):
-                await self._on_event(ev)
+                await self._record(ev)
         await self._close()
 
     async def _close(self, startup_failed: bool = False) -> None:
@@ -538,10 +539,19 @@ class Daemon:
                 continue
             async with self._events_lock:
                 for ev in events:
-                    try:
-                        await self._on_event(ev)
-                    except Exception:
-                        log.exception("frame=%d error recording %s event", ev.frame_id, ev.kind)
+                    await self._record(ev)
+
+    async def _record(self, ev: PoolEvent) -> None:
+        try:
+            await self._on_event(ev)
+        except Exception:
+            log.exception("frame=%d error recording %s event", ev.frame_id, ev.kind)
+        finally:
+            if ev.kind in ("finished", "lost"):
+                # only now may the dispatcher refill the slot (hold_ends): never before, say,
+                # a crash loop has paused intake
+                self.pool.end_recorded()
+                self.wake_dispatcher()
 
     async def _on_event(self, ev: PoolEvent) -> None:
         fid = ev.frame_id
@@ -578,8 +588,12 @@ class Daemon:
 
     async def _on_lost(self, ev: PoolEvent) -> None:
         fid = ev.frame_id
-        self._runs.pop(fid, None)
         reason = ev.error or ev.state or "lost"
+        if ev.state in ("died", "error"):
+            # before the slot is freed and before any await: a crash loop must pause
+            # intake before the dispatcher can hand the freed slot to the next frame
+            self._note_crash(reason)
+        self._runs.pop(fid, None)
         self.frames.close_open_stage_runs(fid, reason)
         frame = self.frames.get(fid)
         await asyncio.to_thread(self._clean_partial_publish, frame)
@@ -594,8 +608,6 @@ class Daemon:
             await asyncio.to_thread(self._publish_outcome, self.frames.get(fid), "cancelled", reason)
             return
         retryable = ev.state in ("died", "error") or (ev.state == "timeout" and p.retry_timeouts)
-        if ev.state in ("died", "error"):
-            self._note_crash(reason)
         attempts = frame.get("attempts") or 1
         if retryable and attempts < p.max_attempts:
             delay = min(MAX_BACKOFF, p.retry_backoff_seconds * 2 ** (attempts - 1))

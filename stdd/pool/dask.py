@@ -289,6 +289,7 @@ class _Job:
     outcome: tuple[str, str] | None = None  # (lost reason, message) decided here
     cancel_sent: bool = False
     confirm_by: float | None = None     # after a cancel: emit the lost event by then anyway
+    released: bool = False              # its slot moved from the jobs to unpolled (see _finish)
 
 
 class DaskExecutor(Executor):
@@ -593,7 +594,7 @@ class DaskExecutor(Executor):
             log.warning("frame=%d cannot cancel its Dask task: %s", j.job.frame_id, e)
 
     def _emit(self, kind: str, j: _Job, **kw) -> None:
-        if kind in ("finished", "lost"):
+        if kind in ("finished", "lost") and not j.released:
             with self._lock:
                 self._unpolled += 1
         self._events.put(PoolEvent(kind=kind, frame_id=j.job.frame_id, attempt=j.job.attempt, pid=None, **kw))
@@ -662,6 +663,8 @@ class DaskExecutor(Executor):
             if self._jobs.pop(j.token, None) is None:
                 return
             self._by_frame.pop(j.job.frame_id, None)
+            self._unpolled += 1  # in the same step as the pop: the slot never looks free early
+            j.released = True
         f, j.future = j.future, None
         if f is not None:  # the cluster forgets the task (and stops any run of it Dask still makes)
             try:

@@ -64,8 +64,16 @@ class Executor(abc.ABC):
     name = "executor"
 
     # Executors that queue their events (both do) set `_events` (a queue.Queue of PoolEvent),
-    # `_lock` and `_unpolled` (jobs ended whose terminal event poll() has not handed out yet:
-    # their slots stay busy, so the caller sees a death, and may pause, before a slot refills).
+    # `_lock` and `_unpolled` (jobs ended whose terminal event is not yet handed out by poll(),
+    # or, with `hold_ends`, not yet confirmed by end_recorded(): their slots stay busy, so the
+    # caller sees a death, and may pause, before a slot refills).
+    hold_ends = False  # the caller confirms each terminal event with end_recorded()
+
+    def end_recorded(self) -> None:
+        """With `hold_ends`: the caller has recorded one terminal event; its slot is free."""
+        with self._lock:
+            self._unpolled = max(0, self._unpolled - 1)
+
     def _poll_queue(self, timeout: float) -> list[PoolEvent]:
         out: list[PoolEvent] = []
         try:
@@ -78,7 +86,7 @@ class Executor(abc.ABC):
             except queue.Empty:
                 break
         ended = sum(e.kind in ("finished", "lost") for e in out)
-        if ended:
+        if ended and not self.hold_ends:
             with self._lock:
                 self._unpolled = max(0, self._unpolled - ended)
         return out

@@ -85,6 +85,7 @@ class _Running:
     stop_sent: bool = False
     pid: int | None = None
     frames: int = 1                 # frames this process has been given, this one included
+    released: bool = False          # its slot moved from running to unpolled (see _release)
 
 
 @dataclass
@@ -241,8 +242,16 @@ class LocalPool(Executor):
         except BlockingIOError:
             pass
 
+    def _release(self, r: _Running) -> None:
+        """The frame's process is done with it: its slot moves from running to unpolled in one
+        step, so free_slots() never shows it free before its terminal event is handed out."""
+        with self._lock:
+            if self._running.pop(r.job.frame_id, None) is not None:
+                self._unpolled += 1
+                r.released = True
+
     def _emit(self, kind: str, r: _Running, **kw) -> None:
-        if kind in ("finished", "lost"):
+        if kind in ("finished", "lost") and not r.released:
             with self._lock:
                 self._unpolled += 1
         self._events.put(PoolEvent(kind=kind, frame_id=r.job.frame_id, attempt=r.job.attempt, pid=r.pid, **kw))
@@ -423,8 +432,7 @@ class LocalPool(Executor):
         """The process finished its frame cleanly and waits: keep or dismiss it, then report the
         frame (in that order, so whoever sees the frame's end sees the pool's new state)."""
         msg = r.reported or {}
-        with self._lock:
-            self._running.pop(r.job.frame_id, None)
+        self._release(r)
         self._last_busy = time.monotonic()
         conn, r.conn = r.conn, None  # the process's pipe now belongs to the idle list (or is closed)
         rss = _rss_mb(r.pid)
@@ -539,8 +547,7 @@ class LocalPool(Executor):
         signal_group(r.pid, signal.SIGKILL)
         if r.conn is not None:
             r.conn.close()
-        with self._lock:
-            self._running.pop(r.job.frame_id, None)
+        self._release(r)
         self._last_busy = time.monotonic()
         exitcode = r.proc.exitcode
         try:
