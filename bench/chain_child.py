@@ -40,13 +40,13 @@ def main(argv: list[str] | None = None) -> int:
 
     t_import = time.perf_counter()
     from stdd.pipeline import prepare_folder, run_chain
-    from stdd.pool.local import PRELOAD, PRELOAD_STAGE_LIBRARIES
+    from stdd.pool.local import PRELOAD, PRELOAD_LAST, PRELOAD_STAGE_LIBRARIES
     from stdd.stages.base import StageSettings
 
     import importlib
 
     # what a pool worker has imported before its frame arrives (the daemon's default preload)
-    for mod in [*PRELOAD, *PRELOAD_STAGE_LIBRARIES, *args.preload]:
+    for mod in [*PRELOAD, *PRELOAD_STAGE_LIBRARIES, *args.preload, PRELOAD_LAST]:
         try:
             importlib.import_module(mod)
         except ImportError:

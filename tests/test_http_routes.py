@@ -371,7 +371,8 @@ async def test_retry(env, failed_frame):
 
 async def test_retry_from_stage(env, done_frame):
     status, body = await env.post(f"/frames/{done_frame}/retry", {"from_stage": "photometry"})
-    assert status == 200 and body["frame"]["steps"] == ["photometry"]
+    assert status == 200, (status, body)
+    assert body["frame"]["steps"] == ["photometry"]
     await env.wait_state(done_frame, {"done"})
     _, detail, _ = await env.get(f"/frames/{done_frame}")
     assert [r["stage"] for r in detail["stage_runs"]] == ["inspect", "photometry", "photometry"]

@@ -66,6 +66,9 @@ PRELOAD_STAGE_LIBRARIES = [
     "scipy.ndimage", "scipy.optimize", "scipy.spatial", "stdd.sources.catalogs", "stdd.sources.templates",
 ]
 
+#: always the last preload name: importing it warms the stage libraries and freezes the GC (see it)
+PRELOAD_LAST = "stdd.pool.warmup"
+
 #: frame processes run one per core: keep numerical libraries to one thread each
 SINGLE_THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 
@@ -107,7 +110,7 @@ class LocalPool(Executor):
         self.stage_timeout = float(stage_timeout)
         self.stage_timeouts = dict(stage_timeouts or {})
         self.kill_grace = float(kill_grace)
-        self.preload = PRELOAD if preload is None else preload
+        self.preload = [m for m in (PRELOAD if preload is None else preload) if m != PRELOAD_LAST] + [PRELOAD_LAST]
         self.warm_idle = float(warm_idle)  # seconds without frames before the fork server stops; 0 = never
         self.warm_at_start = bool(warm_at_start)
         self.frames_per_process = max(1, int(frames_per_process))  # 1 = a new process for every frame

@@ -128,14 +128,15 @@ def _inspect(run: StageRun, settings: StageSettings):
             run.log(f"pixels outside {kw} {header[kw]} masked")
             break
     n_cosmic = 0
-    fwhm_quick = _quick_fwhm(image, mask > 0)
+    filled, bg = _background(image, mask > 0)  # one SEP background for both uses below
+    fwhm_quick = _quick_fwhm(filled, bg, mask > 0)
     run.log(f"quick FWHM estimate: {fwhm_quick} px")
     if p.mask_cosmics:
         if fwhm_quick is not None and fwhm_quick < MIN_FWHM_FOR_COSMICS:
             run.note(f"cosmic rays not masked: the frame is undersampled (FWHM about {fwhm_quick:.1f} px), "
                      "so the detector would take star cores for cosmic rays")
         else:
-            cosmic = _cosmics(run, image, mask > 0, gain, sat)
+            cosmic = _cosmics(run, image, mask > 0, gain, sat, filled=filled, bg=bg)
             frac = float(cosmic.mean())
             if frac > MAX_COSMIC_FRACTION:
                 run.note(f"cosmic-ray mask not used: it flags {100 * frac:.1f}% of the pixels, far more than "
@@ -274,15 +275,36 @@ MIN_FWHM_FOR_COSMICS = 2.0
 MAX_COSMIC_FRACTION = 0.01
 
 
-def _quick_fwhm(image, mask) -> float | None:
-    """Median 2·(half-light radius) of bright isolated sources found by SEP, or None."""
+def _sep():
     try:
         import sep_x as sep
     except ImportError:  # pragma: no cover
         import sep
-    img = np.ascontiguousarray(np.where(np.isfinite(image), image, np.nanmedian(image)), dtype=np.float64)
+    return sep
+
+
+def _background(image, mask):
+    """The image as contiguous float32 with non-finite pixels set to the median, and its SEP
+    background (None where SEP fails on a pathological frame)."""
+    img = np.ascontiguousarray(np.where(np.isfinite(image), image, np.nanmedian(image)), dtype=np.float32)
     try:
-        bg = sep.Background(img, mask=mask)
+        return img, _sep().Background(img, mask=mask)
+    except Exception:
+        return img, None
+
+
+def quick_fwhm(image, mask) -> float | None:
+    """A rough FWHM (px) of the frame's bright isolated sources, or None."""
+    filled, bg = _background(image, mask)
+    return _quick_fwhm(filled, bg, mask)
+
+
+def _quick_fwhm(img, bg, mask) -> float | None:
+    """Median 2·(half-light radius) of bright isolated sources found by SEP, or None."""
+    if bg is None:
+        return None
+    sep = _sep()
+    try:
         data = img - bg.back()
         objs = sep.extract(data, 10.0, err=bg.globalrms, mask=mask, minarea=3)
         if len(objs) < 5:
@@ -300,19 +322,16 @@ def _quick_fwhm(image, mask) -> float | None:
         return None
 
 
-def _cosmics(run, image, mask, gain, sat) -> np.ndarray:
-    """Cosmic rays by astroscrappy with an empirical noise model (as STDPipe's make_mask)."""
+def _cosmics(run, image, mask, gain, sat, *, filled=None, bg=None) -> np.ndarray:
+    """Cosmic rays by astroscrappy with an empirical noise model (as STDPipe's make_mask).
+    `filled`, `bg`: what `_background` gave, if the caller has it already."""
     import astroscrappy
-    try:
-        import sep_x as sep
-    except ImportError:  # pragma: no cover
-        import sep
 
-    img = np.ascontiguousarray(np.where(np.isfinite(image), image, np.nanmedian(image)), dtype=np.float32)
-    try:
-        bg = sep.Background(img, mask=mask)
-    except Exception as e:  # sep fails on pathological frames; cosmics then stay unmasked
-        run.note(f"cosmic-ray masking skipped: background estimate failed ({e})")
+    if filled is None:
+        filled, bg = _background(image, mask)
+    img = filled
+    if bg is None:  # sep fails on pathological frames; cosmics then stay unmasked
+        run.note("cosmic-ray masking skipped: the background estimate failed")
         return np.zeros(image.shape, dtype=bool)
     var = bg.rms() ** 2
     if gain:

@@ -28,7 +28,7 @@ from . import filters
 from .base import StageError, StageSettings
 from .inspect import frame_geometry
 from .measure import measure
-from .products import (guarded, StageRun, ds9_regions, finite_or_none, read_json, save_figure, write_fits,
+from .products import (guarded, StageRun, ds9_regions, finite_or_none, new_figure, read_json, save_figure, write_fits,
                        write_json, write_table, write_text)
 from .zeropoint import ZeroPointModel
 
@@ -662,10 +662,6 @@ def _targets(run, p, state, image, mask, gain, wcs, fwhm, aper, model, shape, se
 
 def _plots(run, m, obj, wcs, cat, shape, fwhm_arcsec, sn, model):
     try:
-        import matplotlib
-
-        matplotlib.use("Agg", force=True)
-        import matplotlib.pyplot as plt
         from stdpipe import astrometry as sa
         from stdpipe import plots as splots
     except ImportError as e:  # pragma: no cover
@@ -673,10 +669,10 @@ def _plots(run, m, obj, wcs, cat, shape, fwhm_arcsec, sn, model):
         return
     try:
         if m is not None:
-            fig = plt.figure(figsize=(8, 5))
-            splots.plot_photometric_match(m, ax=fig.gca(), mode="mag")
+            fig = new_figure((8, 5))
+            splots.plot_photometric_match(m, ax=fig.add_subplot(1, 1, 1), mode="mag")
             save_figure(fig, run.product("plots/photometry_match.png"))
-            fig = plt.figure(figsize=(8, 4))
+            fig = new_figure((8, 4))
             ax1, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
             splots.plot_photometric_match(m, ax=ax1, mode="model", show_dots=True, aspect="equal",
                                           range=[[0, shape[1]], [0, shape[0]]])
@@ -692,24 +688,26 @@ def _plots(run, m, obj, wcs, cat, shape, fwhm_arcsec, sn, model):
         if len(d):
             dra = (np.asarray(o["ra"])[oi] - np.asarray(cat["RAJ2000"])[ci]) * np.cos(np.radians(np.asarray(o["dec"])[oi])) * 3600
             ddec = (np.asarray(o["dec"])[oi] - np.asarray(cat["DEJ2000"])[ci]) * 3600
-            fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4.5))
+            fig = new_figure((10, 4.5))
+            ax1, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
             ax1.plot(dra, ddec, ".", alpha=0.5)
             ax1.set_xlabel("ΔRA cos Dec, arcsec")
             ax1.set_ylabel("ΔDec, arcsec")
             ax1.set_aspect("equal")
             ax1.grid(alpha=0.3)
             ax1.set_title(f"{len(d)} matches, rms {math.sqrt(np.mean(d ** 2)) * 3600:.3f}\"")
-            q = ax2.quiver(np.asarray(o["x"])[oi], np.asarray(o["y"])[oi], dra, ddec, np.hypot(dra, ddec))
+            # arrows with a scale key (a colour bar would cost as much as the rest of the figure)
+            q = ax2.quiver(np.asarray(o["x"])[oi], np.asarray(o["y"])[oi], dra, ddec, color="C0")
+            key = float(np.nanpercentile(np.hypot(dra, ddec), 90)) or 0.1
+            ax2.quiverkey(q, 0.97, 1.04, key, f'{key:.2g}"', labelpos="W")
             ax2.set_xlim(0, shape[1])
             ax2.set_ylim(0, shape[0])
             ax2.set_aspect("equal")
-            ax2.set_title("astrometric residuals on the frame")
-            fig.colorbar(q, ax=ax2, label="arcsec")
+            ax2.set_title("residuals on the frame", loc="left")
             save_figure(fig, run.product("plots/photometry_astrometry.png"))
         if model is not None and np.isfinite(np.asarray(obj["mag_calib"], float)).sum() > 10:
-            fig = plt.figure(figsize=(7, 4.5))
-            splots.plot_detection_limit(obj, sn=sn, ax=fig.gca())
+            fig = new_figure((7, 4.5))
+            splots.plot_detection_limit(obj, sn=sn, ax=fig.add_subplot(1, 1, 1))
             save_figure(fig, run.product("plots/photometry_limit.png"))
     except Exception as e:  # a plot must never fail the stage
         run.note(f"a plot could not be made: {type(e).__name__}: {e}")
-        plt.close("all")

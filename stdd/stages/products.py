@@ -137,12 +137,20 @@ def write_text(path: Path, text: str) -> None:
         tmp.write_text(text)
 
 
-def save_figure(fig, path: Path, dpi: int = 80) -> None:
-    import matplotlib.pyplot as plt
+def new_figure(figsize: tuple[float, float]):
+    """A bare matplotlib Figure on the Agg canvas: no pyplot figure manager, nothing global to
+    close, cheaper than plt.figure (a plot a frame makes costs ~0.1 s; this saves ~0.02 s)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save_figure(fig, path: Path, dpi: int = 80) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, format="png")
-    plt.close(fig)
 
 
 def ds9_regions(rows: Iterable[dict], color: str = "green", radius_arcsec: float = 5.0,

@@ -183,9 +183,9 @@ def _subtraction(run: StageRun, settings: StageSettings):
 # ---------------------------------------------------------------- pieces
 
 def _quick_fwhm(image, mask) -> float:
-    from .inspect import _quick_fwhm as qf
+    from .inspect import quick_fwhm
 
-    v = qf(image, mask)
+    v = quick_fwhm(image, mask)
     return float(v) if v else 3.0
 
 
