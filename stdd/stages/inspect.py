@@ -306,7 +306,8 @@ def _quick_fwhm(img, bg, mask) -> float | None:
     sep = _sep()
     try:
         data = img - bg.back()
-        objs = sep.extract(data, 10.0, err=bg.globalrms, mask=mask, minarea=3)
+        # no smoothing kernel: the bright stars it needs stand out without it, at a third of the cost
+        objs = sep.extract(data, 10.0, err=bg.globalrms, mask=mask, minarea=3, filter_kernel=None)
         if len(objs) < 5:
             objs = sep.extract(data, 5.0, err=bg.globalrms, mask=mask, minarea=3)
         objs = objs[(objs["flag"] == 0)]

@@ -688,22 +688,18 @@ def _plots(run, m, obj, wcs, cat, shape, fwhm_arcsec, sn, model):
         if len(d):
             dra = (np.asarray(o["ra"])[oi] - np.asarray(cat["RAJ2000"])[ci]) * np.cos(np.radians(np.asarray(o["dec"])[oi])) * 3600
             ddec = (np.asarray(o["dec"])[oi] - np.asarray(cat["DEJ2000"])[ci]) * 3600
-            fig = new_figure((10, 4.5))
-            ax1, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
-            ax1.plot(dra, ddec, ".", alpha=0.5)
-            ax1.set_xlabel("ΔRA cos Dec, arcsec")
-            ax1.set_ylabel("ΔDec, arcsec")
-            ax1.set_aspect("equal")
-            ax1.grid(alpha=0.3)
-            ax1.set_title(f"{len(d)} matches, rms {math.sqrt(np.mean(d ** 2)) * 3600:.3f}\"")
-            # arrows with a scale key (a colour bar would cost as much as the rest of the figure)
-            q = ax2.quiver(np.asarray(o["x"])[oi], np.asarray(o["y"])[oi], dra, ddec, color="C0")
+            # one map of residual vectors with a scale key; the scatter's numbers go in the title
+            # (each extra axes or colour bar costs about as much as the map itself)
+            fig = new_figure((6.5, 6))
+            ax = fig.add_subplot(1, 1, 1)
+            q = ax.quiver(np.asarray(o["x"])[oi], np.asarray(o["y"])[oi], dra, ddec, color="C0")
             key = float(np.nanpercentile(np.hypot(dra, ddec), 90)) or 0.1
-            ax2.quiverkey(q, 0.97, 1.04, key, f'{key:.2g}"', labelpos="W")
-            ax2.set_xlim(0, shape[1])
-            ax2.set_ylim(0, shape[0])
-            ax2.set_aspect("equal")
-            ax2.set_title("residuals on the frame", loc="left")
+            ax.quiverkey(q, 0.95, -0.09, key, f'{key:.2g}"', labelpos="W")
+            ax.set_xlim(0, shape[1])
+            ax.set_ylim(0, shape[0])
+            ax.set_aspect("equal")
+            ax.set_title(f"astrometric residuals: {len(d)} matches, rms {math.sqrt(np.mean(d ** 2)) * 3600:.3f}\", "
+                         f"median offset ({np.median(dra):+.3f}\", {np.median(ddec):+.3f}\")", loc="left", fontsize=9)
             save_figure(fig, run.product("plots/photometry_astrometry.png"))
         if model is not None and np.isfinite(np.asarray(obj["mag_calib"], float)).sum() > 10:
             fig = new_figure((7, 4.5))
