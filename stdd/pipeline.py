@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
+from .stages import background
 from .stages.base import StageError, StageResult, StageSettings
 
 RESULT_FILE = "result.json"
@@ -96,15 +97,23 @@ def run_chain(folder: Path, settings: StageSettings, steps: Iterable[str] | None
     settings = settle(settings, folder)  # the frame's instrument profile, chosen here by its header
     previous = _read_json(folder / RESULT_FILE) or {}
     results: dict[str, StageResult] = {}
-    for name in names:
-        if on_stage:
-            on_stage(name, "start", None)
-        res = run_stage(name, folder, settings, (functions or {}).get(name))
-        results[name] = res
-        if on_stage:
-            on_stage(name, "end", res)
-        if res.state == "failed":
-            break
+    with background.overlapping():  # stages may leave output (plots) drawing while the next ones run
+        for name in names:
+            if on_stage:
+                on_stage(name, "start", None)
+            res = run_stage(name, folder, settings, (functions or {}).get(name))
+            results[name] = res
+            if on_stage:
+                on_stage(name, "end", res)
+            if res.state == "failed":
+                break
+        for done in background.wait():
+            res = results.get(done.stage)
+            if res is None:
+                continue
+            res.products.extend(rel for rel in done.written if rel not in res.products)
+            res.notes.extend(done.problems)
+            background.append_log(folder, done.stage, done.problems)
     merged = merge_results(previous, names, results)
     write_json_atomic(folder / RESULT_FILE, merged)
     return merged

@@ -24,6 +24,7 @@ from astropy.table import Table
 from astropy.wcs import WCS
 
 from . import astrometry as astro
+from . import background
 from . import filters
 from .base import StageError, StageSettings
 from .inspect import frame_geometry
@@ -191,7 +192,8 @@ def _photometry(run: StageRun, settings: StageSettings):
                  "match_radius_arcsec": catinfo["match_radius"], "zp": summary_zp["zp"],
                  "mag_limit": mag_limit, "footprint": footprint}
     write_json(run.product("photometry.json"), state_out)
-    _plots(run, m, obj, wcs, cat, shape, fwhm_arcsec, p.sn, zp_model)
+    background.submit(run, "photometry plots", _plots, run.folder, m, obj, cat, shape, fwhm_arcsec, p.sn,
+                      zp_model is not None)
 
     summary = {"fwhm_pixels": round(fwhm, 4), "fwhm_arcsec": round(fwhm_arcsec, 4), "aperture_pixels": round(aper, 4),
                **summary_zp, "catalog": catinfo["source"], "mag_limit": finite_or_none(mag_limit),
@@ -660,18 +662,24 @@ def _targets(run, p, state, image, mask, gain, wcs, fwhm, aper, model, shape, se
     return out
 
 
-def _plots(run, m, obj, wcs, cat, shape, fwhm_arcsec, sn, model):
-    try:
-        from stdpipe import astrometry as sa
-        from stdpipe import plots as splots
-    except ImportError as e:  # pragma: no cover
-        run.note(f"plots not made: {e}")
-        return
+def _plots(folder: Path, m, obj, cat, shape, fwhm_arcsec, sn, calibrated: bool) -> tuple[list[str], list[str]]:
+    """Draw the photometry plots into `folder`; (products written, problems). Runs on the output
+    helper thread inside a chain (see stages.background): it touches no StageRun and no
+    global state (no pyplot, no warning filters)."""
+    from stdpipe import astrometry as sa
+    from stdpipe import plots as splots
+
+    written: list[str] = []
+
+    def save(fig, rel: str) -> None:
+        save_figure(fig, folder / rel)
+        written.append(rel)
+
     try:
         if m is not None:
             fig = new_figure((8, 5))
             splots.plot_photometric_match(m, ax=fig.add_subplot(1, 1, 1), mode="mag")
-            save_figure(fig, run.product("plots/photometry_match.png"))
+            save(fig, "plots/photometry_match.png")
             fig = new_figure((8, 4))
             ax1, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
             splots.plot_photometric_match(m, ax=ax1, mode="model", show_dots=True, aspect="equal",
@@ -680,7 +688,7 @@ def _plots(run, m, obj, wcs, cat, shape, fwhm_arcsec, sn, model):
             splots.plot_photometric_match(m, ax=ax2, mode="residuals", show_dots=True, aspect="equal",
                                           range=[[0, shape[1]], [0, shape[0]]])
             ax2.set_title("residuals")
-            save_figure(fig, run.product("plots/photometry_zeropoint.png"))
+            save(fig, "plots/photometry_zeropoint.png")
         # astrometric residuals of matched objects
         sel = (np.asarray(obj["flags"]) & ~0x02) == 0
         o = obj[sel]
@@ -700,10 +708,11 @@ def _plots(run, m, obj, wcs, cat, shape, fwhm_arcsec, sn, model):
             ax.set_aspect("equal")
             ax.set_title(f"astrometric residuals: {len(d)} matches, rms {math.sqrt(np.mean(d ** 2)) * 3600:.3f}\", "
                          f"median offset ({np.median(dra):+.3f}\", {np.median(ddec):+.3f}\")", loc="left", fontsize=9)
-            save_figure(fig, run.product("plots/photometry_astrometry.png"))
-        if model is not None and np.isfinite(np.asarray(obj["mag_calib"], float)).sum() > 10:
+            save(fig, "plots/photometry_astrometry.png")
+        if calibrated and np.isfinite(np.asarray(obj["mag_calib"], float)).sum() > 10:
             fig = new_figure((7, 4.5))
             splots.plot_detection_limit(obj, sn=sn, ax=fig.add_subplot(1, 1, 1))
-            save_figure(fig, run.product("plots/photometry_limit.png"))
+            save(fig, "plots/photometry_limit.png")
     except Exception as e:  # a plot must never fail the stage
-        run.note(f"a plot could not be made: {type(e).__name__}: {e}")
+        return written, [f"a plot could not be made: {type(e).__name__}: {e}"]
+    return written, []

@@ -75,6 +75,10 @@ def clear_products(folder: Path, stage: str) -> None:
         if s != stage:
             (folder / f"{s}.log").unlink(missing_ok=True)
         shutil.rmtree(folder / "tmp" / s, ignore_errors=True)
+    from . import background
+
+    if background.busy():  # an earlier stage's output may be about to land in one of them
+        return
     for sub in ("plots", "cutouts", "sub"):
         d = folder / sub
         if d.is_dir() and not any(d.iterdir()):
