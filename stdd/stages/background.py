@@ -103,10 +103,14 @@ def overlapping():
 
 
 def wait_quietly() -> None:
+    """Leaving a chain by an exception: wait anyway; the chain is failing already, so what the
+    work wrote is not listed (the folder is reset before the frame runs again)."""
+    import logging
+
     try:
         wait()
-    except Exception:
-        pass
+    except Exception as e:  # _safely catches the work's own errors: this is a cancelled future
+        logging.getLogger("stdd.stages").warning("output work not collected: %s: %s", type(e).__name__, e)
 
 
 def append_log(folder: Path, stage: str, lines: list[str]) -> None:
