@@ -11,6 +11,13 @@ between repeats (so drift in the machine's load does not favour one side):
   closed;
 * 2 workers — the same with 2 workers.
 
+Both daemons give each frame one thread (`pool.threads_per_frame = 1`, what the default
+configuration gives when workers = cores), as the plain script has one: the ratios then measure
+the pool, one core per worker, and stdd's own work. In full mode a fourth side runs 1 worker with
+the default budget (cores ÷ workers: on 2 cores the frame draws its plots on a helper thread while
+its next stages run), reported as context: it gains from the spare core that 2 workers do not
+have, so it is not the baseline of the scaling.
+
 The settle window (a configured wait, timed on its own by `ingest_p99_s`) is subtracted from each
 span once: the files settle together. overhead = (span₁ − settle)/N ÷ plain s/frame; scaling =
 (span₁ − settle) ÷ (span₂ − settle). The key is the median over repeats of each repeat's ratio.
@@ -40,9 +47,11 @@ def run_plain(ctx: Context, settings_json: Path, frames: list[Path], work: Path,
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def run_daemon(ctx: Context, root: Path, field, frames: list[Path], workers: int, timeout: float) -> dict:
+def run_daemon(ctx: Context, root: Path, field, frames: list[Path], workers: int, timeout: float,
+               threads_per_frame: int = 1) -> dict:
     load0 = os.getloadavg()[0]
-    with BenchDaemon(root, field, workers=workers, settle=SETTLE, pool="warm_at_start = true\n") as d:
+    pool = f"warm_at_start = true\nthreads_per_frame = {threads_per_frame}\n"
+    with BenchDaemon(root, field, workers=workers, settle=SETTLE, pool=pool) as d:
         d.wait_warm(True, 180)  # the fork server has imported the stage libraries
         time.sleep(1.0)  # let start-up work (rescan, scheduler) finish
         drops = [d.drop(f) for f in frames]
@@ -104,24 +113,33 @@ def measure(ctx: Context) -> dict[str, Value]:
     # a 1-worker span is ~40 s on a shared machine whose speed drifts by ±20 % over minutes: full
     # mode takes at least 5 side-by-side repeats for these two ratios
     n_rep = ctx.repeats if ctx.quick else max(ctx.repeats, 5)
+    sides = ["plain", "w1", "w2"] + ([] if ctx.quick else ["w1auto"])
     for rep in range(n_rep):
-        order = ["plain", "w1", "w2"] if rep % 2 == 0 else ["w2", "w1", "plain"]
+        order = sides if rep % 2 == 0 else sides[::-1]
         got = {}
         for side in order:
             ctx.log(f"  repeat {rep + 1}/{n_rep}: {side} on {n} frames of {size}²")
             if side == "plain":
                 got[side] = run_plain(ctx, settings_json, frames, folder / f"plain-{rep}", timeout)
             else:
-                got[side] = run_daemon(ctx, folder / f"{side}-{rep}", field, frames, int(side[1]), timeout)
+                got[side] = run_daemon(ctx, folder / f"{side}-{rep}", field, frames, int(side[1]), timeout,
+                                       threads_per_frame=0 if side == "w1auto" else 1)
                 ingest += got[side]["ingest_s"]
         plain_pf = got["plain"]["total_s"] / n
         w1 = got["w1"]["span_s"] - SETTLE
         w2 = got["w2"]["span_s"] - SETTLE
-        repeats.append({"plain_s_per_frame": rnd(plain_pf), "daemon_1w_s_per_frame": rnd(w1 / n),
-                        "daemon_2w_s_per_frame": rnd(w2 / n), "overhead": rnd((w1 / n) / plain_pf, 4),
-                        "scaling": rnd(w1 / w2, 4), "sides": got})
+        rep_row = {"plain_s_per_frame": rnd(plain_pf), "daemon_1w_s_per_frame": rnd(w1 / n),
+                   "daemon_2w_s_per_frame": rnd(w2 / n), "overhead": rnd((w1 / n) / plain_pf, 4),
+                   "scaling": rnd(w1 / w2, 4), "sides": got}
+        if "w1auto" in got:
+            w1a = got["w1auto"]["span_s"] - SETTLE
+            rep_row.update({"daemon_1w_default_threads_s_per_frame": rnd(w1a / n),
+                            "overhead_default_threads": rnd((w1a / n) / plain_pf, 4),
+                            "scaling_over_default_threads": rnd(w1a / w2, 4)})
+        repeats.append(rep_row)
     ctx.shared["ingest_samples"] = ctx.shared.get("ingest_samples", []) + ingest
-    failed = sorted({s for r in repeats for side in ("w1", "w2") for s in r["sides"][side]["states"]} - {"done"})
+    daemons = [side for side in sides if side != "plain"]
+    failed = sorted({s for r in repeats for side in daemons for s in r["sides"][side]["states"]} - {"done"})
     plain_failed = sorted({f.get("status") for r in repeats for f in r["sides"]["plain"]["frames"]} - {"done"})
     ctx_common = {"frame_size": size, "frames": n, "settle_seconds": SETTLE, "repeats": len(repeats)}
     overhead = Value(rnd(median(r["overhead"] for r in repeats), 3), runs=[r["overhead"] for r in repeats],
@@ -132,9 +150,18 @@ def measure(ctx: Context) -> dict[str, Value]:
                                                               "daemon_2w_s_per_frame")}
     overhead.note = (f"{n} frames of {size}², median of {len(repeats)}: daemon {med['daemon_1w_s_per_frame']} s/frame"
                      f" vs plain {med['plain_s_per_frame']} s/frame (settle {SETTLE} s subtracted once)")
-    scaling.note = (f"{n} frames of {size}²: 1 worker {med['daemon_1w_s_per_frame']} s/frame, 2 workers "
-                    f"{med['daemon_2w_s_per_frame']} s/frame")
-    daemon_errors = sorted({e for r in repeats for side in ("w1", "w2") for e in r["sides"][side]["errors"]})
+    scaling.note = (f"{n} frames of {size}², one thread per frame: 1 worker {med['daemon_1w_s_per_frame']} s/frame,"
+                    f" 2 workers {med['daemon_2w_s_per_frame']} s/frame")
+    if "w1auto" in sides:
+        auto = {k: rnd(median(r[k] for r in repeats), 3) for k in (
+            "daemon_1w_default_threads_s_per_frame", "overhead_default_threads", "scaling_over_default_threads")}
+        for v in (overhead, scaling):
+            v.context["one_worker_default_threads"] = auto
+        text = (f"; 1 worker with the default thread budget ({os.cpu_count() or 1} cores ÷ 1 worker: plots on a "
+                f"helper thread) {auto['daemon_1w_default_threads_s_per_frame']} s/frame")
+        overhead.note += text + f", overhead {auto['overhead_default_threads']}"
+        scaling.note += text + f", 2 workers ÷ that {auto['scaling_over_default_threads']}"
+    daemon_errors = sorted({e for r in repeats for side in daemons for e in r["sides"][side]["errors"]})
     plain_errors = sorted({f["error"] for r in repeats for f in r["sides"]["plain"]["frames"] if f.get("error")})
     if failed or plain_failed:  # a ratio of runs that did different work means nothing
         why = (f"frames did not finish, so the sides did not do the same work: daemon {failed or 'all done'}"

@@ -82,13 +82,16 @@ StageCallback = Callable[[str, str, StageResult | None], None]
 
 
 def run_chain(folder: Path, settings: StageSettings, steps: Iterable[str] | None = None,
-              on_stage: StageCallback | None = None, functions: dict[str, str] | None = None) -> dict:
+              on_stage: StageCallback | None = None, functions: dict[str, str] | None = None,
+              threads: int = 0) -> dict:
     """Run the selected stages in order in `folder`; a failed stage stops the chain.
 
     `on_stage(name, "start"|"end", result)` is called around each stage (the pool uses it to
     apply per-stage timeouts and to record stage runs). Returns the merged result (as written
     to result.json in the folder). `functions` (stage name -> "module:callable") replaces a
-    stage's function: tests and experiments (settings `pool.stage_functions`).
+    stage's function: tests and experiments (settings `pool.stage_functions`). `threads` is how
+    many threads the frame may keep busy (0 = not limited): with 1, output work (plots) is done in
+    line instead of on a helper thread (`stages.background`).
     """
     from .stages.profiles import settle
 
@@ -97,7 +100,8 @@ def run_chain(folder: Path, settings: StageSettings, steps: Iterable[str] | None
     settings = settle(settings, folder)  # the frame's instrument profile, chosen here by its header
     previous = _read_json(folder / RESULT_FILE) or {}
     results: dict[str, StageResult] = {}
-    with background.overlapping():  # stages may leave output (plots) drawing while the next ones run
+    # stages may leave output (plots) drawing while the next ones run, when the frame has a spare thread
+    with background.overlapping(threads != 1):
         for name in names:
             if on_stage:
                 on_stage(name, "start", None)

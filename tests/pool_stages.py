@@ -86,3 +86,21 @@ def frame_bytes(ident, size: int = 8, **cards) -> bytes:
     buf = io.BytesIO()
     fits.PrimaryHDU(np.arange(size * size, dtype="f4").reshape(size, size), h).writeto(buf)
     return buf.getvalue()
+
+
+def _name_the_thread(folder: Path) -> tuple[list[str], list[str]]:
+    import threading
+
+    (Path(folder) / "output_thread.txt").write_text(threading.current_thread().name + "\n")
+    return ["output_thread.txt"], []
+
+
+def output_probe(folder: Path, settings) -> StageResult:
+    """A stage that leaves output work (as photometry leaves its plots): the thread that did it
+    is written to output_thread.txt, so a test sees the frame's thread budget at work."""
+    from stdd.stages import background
+    from stdd.stages.products import StageRun
+
+    with StageRun(Path(folder), "photometry", settings) as run:
+        background.submit(run, "thread probe", _name_the_thread, run.folder)
+        return run.result({"n_stars_calib": 3})

@@ -283,3 +283,20 @@ async def test_frames_in_a_live_alert_region_jump_the_queue(tmp_path, shared_dat
         assert all(f["state"] == "done" for f in d.frames.list() if f["name"] != "feder.fits")
     service.close()
     db.close()
+
+
+@pytest.mark.parametrize("threads, helper", [(1, False), (2, True)])
+async def test_the_frames_thread_budget_decides_where_output_is_drawn(tmp_path, threads, helper):
+    """pool.threads_per_frame reaches the frame process: with 1, output work (plots) is done on
+    the chain's own thread; with 2, on the helper thread while the next stages run."""
+    s = make_settings(tmp_path, pool={"workers": 2, "threads_per_frame": threads,
+                                      "stage_functions": {"inspect": "pool_stages:behave",
+                                                          "photometry": "pool_stages:output_probe"}})
+    src = write_frame(tmp_path / "elsewhere" / "a.fits", "a")
+    async with Running(Daemon(s)) as d:
+        f = await d.submit(src)
+        await until(lambda: d.frames.get(f["id"])["state"] in ("done", "failed"))
+        row = d.frames.get(f["id"])
+        assert row["state"] == "done", row
+        name = (Path(row["result_dir"]) / "output_thread.txt").read_text().strip()
+    assert name.startswith("stdd-output") is helper, name

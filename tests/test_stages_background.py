@@ -3,6 +3,7 @@ stages and is all there, listed and explained, when result.json is written; a st
 its own does it in line. Real stage functions through run_chain's `functions`, real threads."""
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -92,3 +93,32 @@ def test_a_failed_chain_still_waits_for_its_output(tmp_path):
     assert res["status"] == "failed" and "photometry" in res["error"]
     assert (folder / "plots" / "inspect_a.png").is_file() and "plots/inspect_a.png" in res["products"]
     assert not background.busy()
+
+
+def test_a_chain_with_one_thread_draws_in_line(tmp_path):
+    """threads=1 (the pool's budget when workers = cores): the plot is done before the next
+    stage starts, on the chain's own thread, and still listed."""
+    SEEN.clear()
+    folder = _frame(tmp_path)
+    res = run_chain(folder, StageSettings(cache_dir=tmp_path / "cache"), ["inspect", "photometry"],
+                    functions=FUNCS, threads=1)
+    assert res["status"] == "done"
+    assert not SEEN["thread"].startswith("stdd-output")
+    assert SEEN["plot_file_at_second_start"] is True and SEEN["plot_done"] < SEEN["second_started"]
+    assert "plots/inspect_a.png" in res["products"]
+    assert any(n == "inspect: inspect histogram not made: ValueError: no axes today" for n in res["notes"])
+    assert not background.busy()
+
+
+def test_the_pool_shares_the_cores_among_the_workers(config_file):
+    from stdd.config import load_settings
+
+    cores = os.cpu_count() or 1
+    s = load_settings(config_file("[pool]\nworkers = 1\n"))
+    assert s.pool.effective_threads_per_frame == cores
+    s = load_settings(config_file(f"[pool]\nworkers = {cores}\n"))
+    assert s.pool.effective_threads_per_frame == 1
+    s = load_settings(config_file(f"[pool]\nworkers = {2 * cores}\n"))
+    assert s.pool.effective_threads_per_frame == 1
+    s = load_settings(config_file("[pool]\nworkers = 1\nthreads_per_frame = 1\n"))
+    assert s.pool.effective_threads_per_frame == 1

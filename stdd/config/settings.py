@@ -82,6 +82,10 @@ class PoolSettings(Section):
     warm_idle_minutes: float = Field(
         15.0, ge=0, description="stop the warm fork server (its ~300 MB) after this long without frames; "
                                 "the next file starts it again (~3 s, overlapping the settle window). 0 = never")
+    threads_per_frame: int = Field(
+        0, ge=0, description="threads one frame may keep busy: 0 = cores ÷ workers (at least 1). With 2 or more, a "
+                             "frame draws its plots on a helper thread while its next stages run; with 1 (the default "
+                             "when workers = cores) it draws them in line, so no frame takes CPU from another")
     frames_per_process: int = Field(
         20, ge=1, description="a frame process that ended its frame cleanly takes up to this many frames in all "
                               "(warm: ~10 % faster per frame); 1 = a new process for every frame")
@@ -108,6 +112,11 @@ class PoolSettings(Section):
     @property
     def effective_workers(self) -> int:
         return self.workers or (os.cpu_count() or 1)
+
+    @property
+    def effective_threads_per_frame(self) -> int:
+        """For the local pool: the configured value, else this machine's cores shared among the workers."""
+        return self.threads_per_frame or max(1, (os.cpu_count() or 1) // self.effective_workers)
 
 
 class HttpSettings(Section):

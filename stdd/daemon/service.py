@@ -534,6 +534,8 @@ class Daemon:
             fresh=not options.get("keep_folder"), stage_settings=stage_settings.model_dump(mode="json"),
             stage_functions=dict(s.pool.stage_functions), extra=frame_extra(frame),
             priority=int(frame.get("priority") or 0),
+            # Dask workers may have other cores than this machine: there only a set value limits
+            threads=s.pool.effective_threads_per_frame if s.pool.executor == "local" else s.pool.threads_per_frame,
         )
 
     async def _pump_loop(self) -> None:

@@ -41,6 +41,7 @@ class FrameJob:
     stage_functions: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)  # added to result.json
     priority: int = 0         # the frame's queue priority (the Dask executor passes it on to Dask)
+    threads: int = 0          # threads the frame may keep busy (run_chain); 0 = not limited
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

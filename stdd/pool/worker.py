@@ -111,7 +111,7 @@ def _run_frame(job_data: dict[str, Any], conn, stop: threading.Event, busy: thre
                      summary=res.summary)
 
         result = _profiled(job, lambda: run_chain(folder, settings, job.steps, on_stage,
-                                                  functions=job.stage_functions or None))
+                                                  functions=job.stage_functions or None, threads=job.threads))
         send("publishing")
         publish(folder, Path(job.result_dir), job.extra)
         busy.clear()

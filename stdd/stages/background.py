@@ -7,8 +7,9 @@ next stages wait on SExtractor, SWarp or large numpy operations (which release t
 chain waits for it before it writes result.json, so the products and their notes are all there
 when the frame is published. Measured in one process on 1024² frames, alternating: 5.88 s per
 frame with the plots drawn in line, 5.60 s with them on the helper thread. With as many workers
-as cores the helper can only use the gaps of its own frame, so the gain shrinks; it never costs
-more than the GIL hand-overs.
+as cores the helper could only use the gaps of its own frame and would take CPU from the other
+workers' frames, so the pool gives each frame a thread budget (`pool.threads_per_frame`, by default
+cores ÷ workers) and a chain with a budget of 1 draws in line.
 
 A stage run on its own (no chain around it) does the work in line, as before. The work must not
 touch the stage's StageRun (its log is closed by then): it gets plain data and returns
@@ -89,10 +90,14 @@ def wait() -> list[Done]:
 
 
 @contextmanager
-def overlapping():
+def overlapping(enabled: bool = True):
     """Inside: `submit` defers work to the helper thread. Leaving waits for all of it
-    (also when the chain failed), so nothing of one frame runs into the next."""
+    (also when the chain failed), so nothing of one frame runs into the next. Not `enabled`
+    (the frame has no spare thread): the work is done in line, as outside."""
     global _depth
+    if not enabled:
+        yield
+        return
     _depth += 1
     try:
         yield
