@@ -228,6 +228,9 @@ def test_voevent_gbm_not_a_grb_and_tgf():
     flagged = parse_notice(voevent(extra_params='<Group name="Solution_Status"><Param name="Def_NOT_a_GRB" '
                                                 'value="true"/></Group>'))
     assert not screen(flagged)[0]
+    # the flag withdraws the trigger: earlier notices of the same event are retracted
+    assert flagged.retraction and flagged.retracts == flagged.event_id == "42"
+    assert "def_not_a_grb" in flagged.flags
 
 
 def test_voevent_test_flags_and_types():

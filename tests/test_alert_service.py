@@ -156,3 +156,22 @@ def test_drop_folder(env, shared_data):
         assert len(rows) == 1 and rows[0]["mission"] == "Swift" and rows[0]["notice_type"] == "SWIFT_BAT_GRB_POS_ACK"
     finally:
         drop.stop()
+
+
+def test_a_swift_trigger_reissued_def_not_a_grb_withdraws_the_first(env):
+    """Swift withdraws a trigger by re-issuing it with Def_NOT_a_GRB set: the first notice's
+    region stops being live and its observation request gets a cancel."""
+    service, tmp = env
+    topic = "gcn.classic.voevent.SWIFT_BAT_GRB_POS_ACK"
+    first = service.handle(IntakeMessage(swift_voevent(3003, ra=40.0, dec=-5.0), topic, 0, 1))
+    first.wait(30)
+    assert first.decision.act and [r.alert_id for r in service.live_regions()] == [first.alert_id]
+    withdrawn = swift_voevent(3003, ra=40.0, dec=-5.0, seq=2).replace(
+        b'<Param name="Test_Submission" value="false"/>',
+        b'<Param name="Test_Submission" value="false"/><Param name="Def_NOT_a_GRB" value="true"/>')
+    second = service.handle(IntakeMessage(withdrawn, topic, 0, 2))
+    second.wait(30)
+    assert second.decision.kind == "cancel" and len(second.action_ids) == 1
+    assert service.store.get_alert(first.alert_id)["state"] == "retracted"
+    assert service.live_regions() == []
+    assert [n.rsplit(".", 2)[1] for n in requests_in(tmp / "requests")] == ["cancel", "observe"]

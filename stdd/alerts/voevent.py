@@ -215,8 +215,12 @@ def parse_voevent(raw: bytes, topic: str | None = None) -> Alert:
     for group in [params, *groups.values()]:
         flags.update(group)
     if gcn.truthy(flags.get("Def_NOT_a_GRB", "false")):
-        alert.not_astrophysical = "flagged Def_NOT_a_GRB"
+        # Swift and Fermi withdraw a trigger by re-issuing it with this flag set (the same bit the
+        # binary notices call the retraction bit): earlier notices of the event are retracted
+        alert.not_astrophysical = "flagged Def_NOT_a_GRB (retraction of an earlier notice)"
         alert.flags.append("def_not_a_grb")
+        alert.retraction = True
+        alert.retracts = alert.retracts or alert.event_id
     if gcn.truthy(flags.get("StarTrack_Lost_Lock", "false")):
         alert.flags.append("star_tracker_lost_lock")
         alert.not_astrophysical = alert.not_astrophysical or "star tracker lost lock: position unreliable"
