@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "client_cmd",   # stdd status|frames|submit|cancel|retry|pause|resume|alerts
     "alert_cmd",    # stdd alert parse
     "synth_cmd",    # stdd synth
+    "templates_cmd",  # stdd templates build
 )
 
 

@@ -219,6 +219,13 @@ class TemplateSettings(Section):
     hips: str | None = None
     timeout_seconds: float = Field(120.0, gt=0)
     min_overlap: float = Field(0.5, gt=0, le=1, description="local library: least fraction of the frame covered")
+    own_build_hour_utc: int | None = Field(
+        None, ge=0, le=23, description="build templates from this telescope's own frames into `folder` daily at "
+                                       "this hour (UTC), as `stdd templates build` does; unset = only by hand")
+    own_min_frames: int = Field(3, ge=1, description="own templates: fewest good frames a field needs")
+    own_max_frames: int = Field(7, ge=1, description="own templates: most frames combined per field")
+    own_max_fwhm_ratio: float = Field(
+        1.5, ge=1.0, description="own templates: keep frames at most this much blurrier than the field's sharpest")
 
 
 class SiteSettings(Section):

@@ -1,4 +1,5 @@
-"""The scheduled housekeeping: retention of work folders, cache pruning, the nightly summary.
+"""The scheduled housekeeping: retention of work folders, cache pruning, the nightly summary, and
+the folders that templates from the telescope's own frames are built from.
 
 Plain functions, run by the daemon's APScheduler jobs in a worker thread (they touch the disk
 and the database, never the event loop). Each returns what it did, for the log.
@@ -160,3 +161,35 @@ def clean_stale_publish(results: Path) -> int:
 
 def dump(obj) -> str:
     return json.dumps(obj, default=str)
+
+
+def template_source_folders(results: Path, work: Path) -> list[Path]:
+    """Every frame folder that still holds its images: result folders (`<id>-<name>`, with
+    `pipeline.publish_images = true`) first, then the work folders (`<id>`) of frames not found
+    there. What `stdd templates build` reads by default."""
+    import re
+
+    seen: set[str] = set()
+    out: list[Path] = []
+    for root, pattern in ((Path(results), r"^(\d+)-"), (Path(work), r"^(\d+)$")):
+        if not root.is_dir():
+            continue
+        for d in sorted(root.iterdir()):
+            m = re.match(pattern, d.name)
+            if not m or m.group(1) in seen or not (d / "result.json").is_file() or not (d / "image.fits").is_file():
+                continue
+            seen.add(m.group(1))
+            out.append(d)
+    return out
+
+
+def build_own_templates(folders: list[str], out_dir: str, min_frames: int, max_frames: int,
+                        max_fwhm_ratio: float) -> dict:
+    """Run in a child process by the daemon's job (numpy and SWarp work, kept off its loop and
+    its GIL): what was built and what was skipped, as plain data."""
+    from ..sources.own_templates import build_all
+
+    lines: list[str] = []
+    built, skipped = build_all([Path(f) for f in folders], Path(out_dir), min_frames=min_frames,
+                               max_frames=max_frames, max_fwhm_ratio=max_fwhm_ratio, log=lines.append)
+    return {"built": [b.to_dict() for b in built], "skipped": skipped, "log": lines}

@@ -737,6 +737,11 @@ class Daemon:
             ("cache", self._job_cache, IntervalTrigger(hours=24)),
             ("status", self._job_status, IntervalTrigger(seconds=5)),
         ]
+        if s.template.own_build_hour_utc is not None:
+            jobs_.append(("own_templates", self._job_own_templates,
+                          CronTrigger(hour=s.template.own_build_hour_utc, minute=30, timezone="UTC")))
+        elif replace and self._scheduler.get_job("own_templates"):
+            self._scheduler.remove_job("own_templates")
         if self.notifier.watchdog_seconds:
             jobs_.append(("watchdog", self._job_watchdog,
                           IntervalTrigger(seconds=max(0.5, self.notifier.watchdog_seconds / 3))))
@@ -750,7 +755,7 @@ class Daemon:
         """Run a scheduled job now (the endpoint's "run now", and tests)."""
         func = {"rescan": self._job_rescan, "retry": self._job_retry, "retention": self._job_retention,
                 "summary": self._job_summary, "cache": self._job_cache, "status": self._job_status,
-                "watchdog": self._job_watchdog}[job_id]
+                "watchdog": self._job_watchdog, "own_templates": self._job_own_templates}[job_id]
         return await func()
 
     async def _job_rescan(self):
@@ -775,6 +780,32 @@ class Daemon:
         log.info("summary: %s (%s)", jobs.format_summary(summary), path)
         self.events.add("summary.night", jobs.format_summary(summary), data=summary)
         return summary
+
+    async def _job_own_templates(self):
+        """Templates from the telescope's own frames, built in a child process (numpy and SWarp
+        work must not share the daemon's GIL)."""
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        s = self.settings
+        if s.template.folder is None:
+            log.warning("own templates: template.folder is not set; nothing built")
+            return {"built": [], "skipped": ["template.folder is not set"]}
+        folders = await asyncio.to_thread(jobs.template_source_folders, s.paths.results, s.paths.work)
+        if not folders:
+            return {"built": [], "skipped": ["no frame folders with images"]}
+        loop = asyncio.get_running_loop()
+        with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as ex:
+            out = await loop.run_in_executor(ex, jobs.build_own_templates, [str(f) for f in folders],
+                                             str(s.template.folder), s.template.own_min_frames,
+                                             s.template.own_max_frames, s.template.own_max_fwhm_ratio)
+        text = (f"{len(out['built'])} template(s) built from {len(folders)} frame folder(s); "
+                f"{len(out['skipped'])} skipped")
+        log.info("own templates: %s", text)
+        for b in out["built"]:
+            log.info("own templates: %s from %d frames", b["path"], len(b["frames"]))
+        self.events.add("templates.own", text, data={"built": out["built"], "skipped": out["skipped"][:50]})
+        return out
 
     async def _job_cache(self):
         s = self.settings
