@@ -248,7 +248,7 @@ def build_template(frames: list[FrameInfo], out_dir: Path, *, method: str = "swa
     if gain:
         hdr["GAIN"] = (round(gain, 4), "effective e-/ADU of the combination")
     if len(sats) == n:
-        hdr["SATURATE"] = (round(min(sats), 2), "lowest scaled saturation level of the frames, ADU")
+        hdr["SATURATE"] = (round(min(sats), 2), "lowest scaled saturation of the frames")
     fwhms = [f.fwhm_arcsec for f in frames]
     hdr["FWHM"] = (round(float(np.median(fwhms)), 3), "median FWHM of the frames, arcsec")
     hdr["NCOMBINE"] = (n, "frames combined (clipped mean)")
