@@ -275,6 +275,8 @@ def environment() -> dict[str, Any]:
                                     capture_output=True, text=True, timeout=10).stdout.strip())
     except (OSError, subprocess.SubprocessError):
         commit, dirty = None, None
+    if commit is None and os.environ.get("STDD_BENCH_COMMIT"):  # run from an exported tree (git archive)
+        commit = os.environ["STDD_BENCH_COMMIT"]
     return {
         "cpus": os.cpu_count(), "loadavg": [round(x, 2) for x in os.getloadavg()],
         "python": platform.python_version(), "platform": platform.platform(),
