@@ -191,3 +191,23 @@ async def test_the_daemon_builds_own_templates_at_its_hour(nights, tmp_path):
     assert len(out["built"]) == 1 and Path(out["built"][0]["path"]).parent == tmp_path / "lib"
     assert Path(out["built"][0]["path"]).is_file() and len(out["built"][0]["frames"]) == 3
     assert events and events[0]["message"].startswith("1 template(s) built from 4 frame folder(s)")
+
+
+def test_a_rebuild_replaces_the_fields_older_template_and_uncertain_frames_stay_out(nights, tmp_path):
+    _, _, folders, _ = nights
+    lib = tmp_path / "lib"
+    first, _ = build_all(folders[1:], lib, min_frames=2, log=lambda m: None)  # without the sharpest night
+    second, _ = build_all(folders, lib, log=lambda m: None)     # it arrives: a new reference frame
+    assert first[0].path != second[0].path
+    assert sorted(p.name for p in lib.glob("*.fits")) == [second[0].path.name]
+    assert f"replaces {first[0].path.name}" in second[0].notes
+    # a frame whose zero point is uncertain is not used, and says why
+    import shutil
+
+    shaky = tmp_path / "shaky"
+    shutil.copytree(folders[0], shaky)
+    res = json.loads((shaky / "result.json").read_text())
+    res["zp_err"] = 0.2
+    (shaky / "result.json").write_text(json.dumps(res))
+    info, why = read_frame(shaky)
+    assert info is None and "zero point too uncertain (±0.200 mag" in why

@@ -44,6 +44,12 @@ from . import SourceError
 
 Log = Callable[[str], None]
 
+#: frames whose centres are closer than this × the frame radius show the same field
+SAME_FIELD = 0.25
+#: a frame whose zero point is less certain than this (mag) would carry its error into the template
+MAX_ZP_ERR = 0.05
+ORIGIN = "stdd own template"
+
 
 @dataclass
 class FrameInfo:
@@ -54,6 +60,7 @@ class FrameInfo:
     mag_limit: float | None
     gain: float | None
     saturation: float | None
+    zp_err: float | None
     ra: float
     dec: float
     radius_deg: float
@@ -95,9 +102,12 @@ def read_frame(folder: Path) -> tuple[FrameInfo | None, str | None]:
     missing = [k for k, v in need.items() if v is None]
     if missing:
         return None, f"result.json lacks {', '.join(missing)}"
+    zp_err = _num(res.get("zp_err"))
+    if zp_err is not None and zp_err > MAX_ZP_ERR:
+        return None, f"zero point too uncertain (±{zp_err:.3f} mag, at most {MAX_ZP_ERR} for a template)"
     return FrameInfo(folder=folder, band=str(res["filter"]), fwhm_arcsec=float(res["fwhm_arcsec"]),
                      zp=float(res["zp"]), mag_limit=_num(res.get("mag_limit")), gain=_num(res.get("gain")),
-                     saturation=_num(res.get("saturation")), ra=float(res["ra"]), dec=float(res["dec"]),
+                     saturation=_num(res.get("saturation")), zp_err=zp_err, ra=float(res["ra"]), dec=float(res["dec"]),
                      radius_deg=float(res["radius_deg"]),
                      name=Path(res["source"]).name if res.get("source") else folder.name), None
 
@@ -116,7 +126,7 @@ def _sep_deg(ra1, dec1, ra2, dec2) -> float:
     return math.degrees(math.acos(max(-1.0, min(1.0, c))))
 
 
-def group_fields(frames: Iterable[FrameInfo], same_field: float = 0.25) -> list[list[FrameInfo]]:
+def group_fields(frames: Iterable[FrameInfo], same_field: float = SAME_FIELD) -> list[list[FrameInfo]]:
     """Frames of one band whose centres lie within `same_field` × the frame radius of a group's
     first (sharpest) frame form one field; every band apart."""
     groups: list[list[FrameInfo]] = []
@@ -254,7 +264,7 @@ def build_template(frames: list[FrameInfo], out_dir: Path, *, method: str = "swa
     hdr["NCOMBINE"] = (n, "frames combined (clipped mean)")
     for i, f in enumerate(frames):
         hdr[f"SRC{i + 1}"] = (f.name[:45], f"FWHM {f.fwhm_arcsec:.2f} zp {f.zp:.2f}")
-    hdr["ORIGIN"] = "stdd own template"
+    hdr["ORIGIN"] = ORIGIN
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"own_{ref.band}_{ref.ra:08.4f}{ref.dec:+08.4f}.fits"
@@ -262,8 +272,33 @@ def build_template(frames: list[FrameInfo], out_dir: Path, *, method: str = "swa
     fits.PrimaryHDU(combined.astype(np.float32), hdr).writeto(partial, overwrite=True)
     os.replace(partial, path)
     log(f"own template: {path.name} from {n} frames ({how}), {100 * coverage:.0f}% of the grid covered")
+    for old in _superseded(out_dir, path, ref):
+        old.unlink(missing_ok=True)
+        notes.append(f"replaces {old.name}")
+        log(f"own template: {old.name} removed, replaced by {path.name}")
     return Built(path=path, band=ref.band, frames=[f.name for f in frames], fwhm_arcsec=float(np.median(fwhms)),
                  zp=ref.zp, gain=gain, shape=shape, coverage=coverage, notes=notes)
+
+
+def _superseded(out_dir: Path, path: Path, ref: FrameInfo) -> list[Path]:
+    """Own templates of the same band and field as the new one (built earlier around another
+    sharpest frame): two files of one field would leave the library's choice to chance."""
+    out = []
+    for p in sorted(out_dir.glob(f"own_{ref.band}_*.fits")):
+        if p == path:
+            continue
+        try:
+            h = fits.getheader(p)
+            if h.get("ORIGIN") != ORIGIN or h.get("FILTER") != ref.band:
+                continue
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ra, dec = WCS(h).celestial.all_pix2world([(h["NAXIS1"] - 1) / 2], [(h["NAXIS2"] - 1) / 2], 0)
+        except Exception:  # not ours to judge: leave it
+            continue
+        if _sep_deg(ref.ra, ref.dec, float(ra[0]), float(dec[0])) <= SAME_FIELD * ref.radius_deg:
+            out.append(p)
+    return out
 
 
 def build_all(folders: Iterable[Path], out_dir: Path, *, min_frames: int = 3, max_frames: int = 7,
