@@ -795,10 +795,16 @@ class Daemon:
         if not folders:
             return {"built": [], "skipped": ["no frame folders with images"]}
         loop = asyncio.get_running_loop()
-        with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as ex:
-            out = await loop.run_in_executor(ex, jobs.build_own_templates, [str(f) for f in folders],
-                                             str(s.template.folder), s.template.own_min_frames,
-                                             s.template.own_max_frames, s.template.own_max_fwhm_ratio)
+        try:
+            with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as ex:
+                out = await loop.run_in_executor(ex, jobs.build_own_templates, [str(f) for f in folders],
+                                                 str(s.template.folder), s.template.own_min_frames,
+                                                 s.template.own_max_frames, s.template.own_max_fwhm_ratio)
+        except Exception as e:  # the child died (memory, a signal) or could not start: say so, go on
+            why = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+            log.error("own templates: the build failed: %s", why)
+            self.events.add("templates.own", f"build failed: {why}", level="ERROR")
+            return {"built": [], "skipped": [], "error": why}
         text = (f"{len(out['built'])} template(s) built from {len(folders)} frame folder(s); "
                 f"{len(out['skipped'])} skipped")
         log.info("own templates: %s", text)
