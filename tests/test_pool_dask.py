@@ -356,9 +356,11 @@ def test_workers_setting_caps_frames_in_flight_and_zero_means_the_whole_cluster(
     assert ex.free_slots() == 12
     ex.configure(workers=os.cpu_count() or 1)  # what a reload passes for `workers = 0`
     assert ex.free_slots() == 12 and ex.status()["workers"] == 12
-    ex.configure(workers=3, stage_timeout=60, stage_timeouts={"photometry": 600.0}, kill_grace=2)
+    ex.configure(workers=3, stage_timeout=60, stage_timeouts={"photometry": 600.0}, kill_grace=2,
+                 frames_per_process=5, process_max_rss_mb=1500)
     assert ex.free_slots() == 3 and ex._worker_settings() == {
-        "stage_timeout": 60.0, "stage_timeouts": {"photometry": 600.0}, "kill_grace": 2.0}
+        "stage_timeout": 60.0, "stage_timeouts": {"photometry": 600.0}, "kill_grace": 2.0,
+        "frames_per_process": 5, "process_max_rss_mb": 1500.0}
     ex.cluster_threads = 2
     assert ex.free_slots() == 2
     ex.connected = False
@@ -375,3 +377,17 @@ def test_a_slot_stays_busy_until_the_frames_end_is_polled(tmp_path, dask_ex):
     assert ex.running_ids() == [] and ex.free_slots() == 1
     (ev,) = [e for e in ex.poll(1) if e.kind == "lost"]
     assert ev.state == "died" and ex.free_slots() == 2
+
+
+def test_a_workers_frame_process_takes_the_next_frame(tmp_path, dask_ex):
+    """As in the local pool: a frame process on a Dask worker that ended its frame cleanly runs
+    the next one there (pool.frames_per_process); with 1, every frame gets a new process."""
+    def pids(ex, ids):
+        out = run_jobs(ex, [job(tmp_path / f"r{ex.frames_per_process}", i) for i in ids], 60)
+        assert all(out[i][-1].kind == "finished" for i in ids), {i: summary_of(out[i]) for i in ids}
+        return {i: next(e.data["frame_pid"] for e in out[i] if e.kind == "stage_end") for i in ids}
+
+    reuse = pids(dask_ex(frames_per_process=20), range(11, 17))
+    assert len(set(reuse.values())) <= 2  # 6 frames, 2 single-threaded workers: one process each
+    fresh = pids(dask_ex(frames_per_process=1), range(21, 25))
+    assert len(set(fresh.values())) == 4

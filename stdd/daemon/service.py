@@ -449,7 +449,8 @@ class Daemon:
         setup_logging(new.log_level)
         p = new.pool
         self.pool.configure(workers=p.effective_workers, stage_timeout=p.stage_timeout_seconds,
-                            stage_timeouts=dict(p.stage_timeouts), kill_grace=p.kill_grace_seconds)
+                            stage_timeouts=dict(p.stage_timeouts), kill_grace=p.kill_grace_seconds,
+                            frames_per_process=p.frames_per_process, process_max_rss_mb=p.process_max_rss_mb)
         self.intake.reconfigure(old, new)
         if old.paths.database != new.paths.database or old.paths.var != new.paths.var:
             log.warning("reload: paths.database and paths.var take effect at the next start")

@@ -298,7 +298,8 @@ class DaskExecutor(Executor):
     def __init__(self, scheduler: str, *, workers: int = 0, stage_timeout: float = 1800.0,
                  stage_timeouts: dict[str, float] | None = None, kill_grace: float = 10.0,
                  path_map: dict[str, str] | None = None, connect_timeout: float = 10.0,
-                 set_allowed_failures: bool = True, warm: bool = True):
+                 set_allowed_failures: bool = True, warm: bool = True, frames_per_process: int = 20,
+                 process_max_rss_mb: float = 3000.0):
         if not scheduler:
             raise ValueError('pool.executor = "dask" needs pool.dask_scheduler (e.g. "tcp://head:8786")')
         self.scheduler = scheduler
@@ -306,6 +307,9 @@ class DaskExecutor(Executor):
         self.stage_timeout = float(stage_timeout)
         self.stage_timeouts = dict(stage_timeouts or {})
         self.kill_grace = float(kill_grace)
+        # a worker's frame process that ended its frame cleanly takes the next (as in the local pool)
+        self.frames_per_process = max(1, int(frames_per_process))
+        self.process_max_rss_mb = float(process_max_rss_mb)
         self.paths = PathMap(path_map)
         self.connect_timeout = float(connect_timeout)
         self.set_allowed_failures = set_allowed_failures
@@ -334,7 +338,8 @@ class DaskExecutor(Executor):
     def from_settings(cls, pool) -> "DaskExecutor":
         return cls(pool.dask_scheduler or "", workers=pool.workers, stage_timeout=pool.stage_timeout_seconds,
                    stage_timeouts=dict(pool.stage_timeouts), kill_grace=pool.kill_grace_seconds,
-                   path_map=dict(pool.dask_path_map))
+                   path_map=dict(pool.dask_path_map), frames_per_process=pool.frames_per_process,
+                   process_max_rss_mb=pool.process_max_rss_mb)
 
     # -- the Executor calls ----------------------------------------------------------------
     def start(self) -> None:
@@ -417,8 +422,13 @@ class DaskExecutor(Executor):
                 "stage_timeouts": self.stage_timeouts}
 
     def configure(self, *, workers: int | None = None, stage_timeout: float | None = None,
-                  stage_timeouts: dict[str, float] | None = None, kill_grace: float | None = None) -> None:
+                  stage_timeouts: dict[str, float] | None = None, kill_grace: float | None = None,
+                  frames_per_process: int | None = None, process_max_rss_mb: float | None = None) -> None:
         with self._lock:
+            if frames_per_process is not None:  # sent with each frame: the workers' pools take it then
+                self.frames_per_process = max(1, int(frames_per_process))
+            if process_max_rss_mb is not None:
+                self.process_max_rss_mb = float(process_max_rss_mb)
             # The daemon passes `pool.workers` resolved against this machine's cores when it is
             # 0; for a cluster, 0 means "as many frames as the cluster has threads": keep that.
             if workers is not None and not (self.max_frames == 0 and workers == (os.cpu_count() or 1)):
@@ -513,7 +523,8 @@ class DaskExecutor(Executor):
 
     def _worker_settings(self) -> dict[str, Any]:
         return {"stage_timeout": self.stage_timeout, "stage_timeouts": self.stage_timeouts,
-                "kill_grace": self.kill_grace}
+                "kill_grace": self.kill_grace, "frames_per_process": self.frames_per_process,
+                "process_max_rss_mb": self.process_max_rss_mb}
 
     def _refresh(self) -> None:
         self._next_refresh = time.monotonic() + REFRESH_SECONDS
@@ -799,7 +810,8 @@ def _round_floats(o, digits: int = 9):
 def compare_local_vs_dask(frames: Iterable[str | os.PathLike], *, work_root: str | os.PathLike,
                           steps: list[str] | None = None, stage_settings: dict[str, Any] | None = None,
                           stage_functions: dict[str, str] | None = None, workers: int = 2,
-                          scheduler: str | None = None, timeout: float = 1800.0) -> dict[str, Any]:
+                          scheduler: str | None = None, timeout: float = 1800.0,
+                          frames_per_process: int = 20) -> dict[str, Any]:
     """Process the same frames with the local pool (`workers` processes) and on Dask (a
     `LocalCluster` of `workers` single-threaded worker processes, or the given scheduler), and
     compare. Wall times are from the first submit to the last result, both pools started and
@@ -827,7 +839,7 @@ def compare_local_vs_dask(frames: Iterable[str | os.PathLike], *, work_root: str
         events = run_jobs(executor, jobs_for(kind), timeout)
         return time.perf_counter() - t0, events
 
-    local = LocalPool(workers)
+    local = LocalPool(workers, frames_per_process=frames_per_process)
     local.start()
     try:
         _warm_local(local)
@@ -841,7 +853,7 @@ def compare_local_vs_dask(frames: Iterable[str | os.PathLike], *, work_root: str
 
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
         scheduler = cluster.scheduler_address
-    dask_ex = DaskExecutor(scheduler, workers=workers)
+    dask_ex = DaskExecutor(scheduler, workers=workers, frames_per_process=frames_per_process)
     try:
         dask_ex.start()
         _warm_dask(dask_ex)

@@ -218,8 +218,13 @@ class LocalPool(Executor):
                 "frames_per_process": self.frames_per_process}
 
     def configure(self, *, workers: int | None = None, stage_timeout: float | None = None,
-                  stage_timeouts: dict[str, float] | None = None, kill_grace: float | None = None) -> None:
+                  stage_timeouts: dict[str, float] | None = None, kill_grace: float | None = None,
+                  frames_per_process: int | None = None, process_max_rss_mb: float | None = None) -> None:
         with self._lock:
+            if frames_per_process is not None:
+                self.frames_per_process = max(1, int(frames_per_process))
+            if process_max_rss_mb is not None:
+                self.process_max_rss_mb = float(process_max_rss_mb)
             if workers is not None:
                 self.workers = max(1, int(workers))
             if stage_timeout is not None:
