@@ -211,3 +211,24 @@ def test_a_rebuild_replaces_the_fields_older_template_and_uncertain_frames_stay_
     (shaky / "result.json").write_text(json.dumps(res))
     info, why = read_frame(shaky)
     assert info is None and "zero point too uncertain (±0.200 mag" in why
+
+
+def test_at_equal_cover_the_library_prefers_the_own_template(nights, tmp_path):
+    from stdd.sources.templates import get_template
+
+    _, _, folders, _ = nights
+    lib = tmp_path / "lib"
+    (built,), _ = build_all(folders, lib, log=lambda m: None)
+    # another reference of the same footprint and band (a survey cut-out, say), sorting after it
+    data, h = fits.getdata(built.path), fits.getheader(built.path)
+    del h["ORIGIN"]
+    fits.PrimaryHDU(data, h).writeto(lib / "zz_survey_r.fits")
+    info = read_frame(folders[2])[0]
+    w = WCS(fits.getheader(info.folder / "image.wcs"))
+    s = TemplateSettings(source="local", folder=lib)
+    t = get_template(s, "r", w, (SIZE, SIZE), offline=True, cache_dir=tmp_path / "cache", log=lambda *a: None)
+    assert t.source == f"local:{built.path}"
+    # a wider cover still wins: the own template cut to a corner loses to the full survey file
+    fits.PrimaryHDU(data[: SIZE // 2, : SIZE // 2], fits.getheader(built.path)).writeto(built.path, overwrite=True)
+    t = get_template(s, "r", w, (SIZE, SIZE), offline=True, cache_dir=tmp_path / "cache", log=lambda *a: None)
+    assert t.source == f"local:{lib / 'zz_survey_r.fits'}"

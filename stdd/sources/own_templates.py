@@ -41,6 +41,7 @@ from astropy.io import fits
 from astropy.wcs import WCS
 
 from . import SourceError
+from .templates import OWN_ORIGIN
 
 Log = Callable[[str], None]
 
@@ -48,7 +49,7 @@ Log = Callable[[str], None]
 SAME_FIELD = 0.25
 #: a frame whose zero point is less certain than this (mag) would carry its error into the template
 MAX_ZP_ERR = 0.05
-ORIGIN = "stdd own template"
+ORIGIN = OWN_ORIGIN
 
 
 @dataclass

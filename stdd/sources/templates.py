@@ -31,6 +31,9 @@ from .cache import DiskCache, key_of
 
 Log = Callable[[str], None]
 
+#: the ORIGIN of templates built from the telescope's own frames (sources.own_templates)
+OWN_ORIGIN = "stdd own template"
+
 FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fts.gz", ".fits.fz", ".fz")
 
 
@@ -161,7 +164,8 @@ def _index_folder(folder: Path, cache_dir: Path, log: Log) -> list[dict]:
         h, wd = shape
         ra, dec = w.celestial.all_pix2world([0, wd - 1, wd - 1, 0], [0, 0, h - 1, h - 1], 0)
         entries.append({"path": str(p), "band": band, "shape": [h, wd],
-                        "corners": [[float(a), float(b)] for a, b in zip(ra, dec)]})
+                        "corners": [[float(a), float(b)] for a, b in zip(ra, dec)],
+                        "own": header.get("ORIGIN") == OWN_ORIGIN})
     cache.write(key, ".json", lambda t: t.write_text(json.dumps({"stamp": stamp, "entries": entries})))
     return entries
 
@@ -197,11 +201,13 @@ def local_template(folder: Path, band: str, wcs: WCS, shape, *, min_overlap: flo
             continue
         f = overlap_fraction(e["corners"], wcs, shape)
         if f >= min_overlap:
-            scored.append((f, e["path"]))
+            # the widest cover wins; at the same cover (to 2 %) a template built from this
+            # telescope's own frames (same PSF sampling and band response) beats another file
+            scored.append((round(f / 0.02), bool(e.get("own")), f, e["path"]))
     if not scored:
         return None
     scored.sort(reverse=True)
-    f, path = scored[0]
+    _, _, f, path = scored[0]
     log(f"template library: {path} covers {100 * f:.0f}% of the frame")
     t = _template_from_file(Path(path), wcs, shape, method, tmpdir, log, f"local:{path}")
     t.notes.append(f"template {Path(path).name} from the local library covers {100 * f:.0f}% of the frame")
