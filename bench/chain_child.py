@@ -34,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("settings", type=Path, help="StageSettings as JSON")
     ap.add_argument("--steps", nargs="+", default=None)
     ap.add_argument("--profile", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=0,
+                    help="the frame's thread budget, as the pool gives it (0: not limited; the environment's one thread)")
     ap.add_argument("--preload", nargs="+", default=[], metavar="MODULE",
                     help="import these too before the frame (what a larger fork-server preload would give)")
     args = ap.parse_args(argv)
@@ -68,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def chain():
         prepare_folder(args.frame, args.work)
-        return run_chain(args.work, settings, args.steps or settings.pipeline.steps, on_stage)
+        return run_chain(args.work, settings, args.steps or settings.pipeline.steps, on_stage, threads=args.threads)
 
     profile = None
     t0 = time.perf_counter()

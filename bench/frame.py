@@ -1,8 +1,10 @@
 """`frame_2k_s`, `frame_2k_hotpants_s`, `worker_peak_mb`, and seconds per stage against the plain script.
 
 One frame at a time through stdd's chain in a new process (`bench.chain_child`: what a pool
-worker does, with its one-thread environment) and through the plain script (`bench.plain_script`),
-side by side on the same frame of the same field, the order alternating between repeats:
+worker does, with the thread budget a frame alone on this machine gets — a 1-worker daemon's, all
+the cores: OpenMP cosmic-ray filters on them, plots on a helper thread) and through the plain
+script (`bench.plain_script`, one thread), side by side on the same frame of the same field, the
+order alternating between repeats:
 
 * 1024² and 2048²: both sides, seconds per stage (issue #4), medians over repeats;
 * `frame_2k_s`: stdd's chain on the 2048² frame, SFFT (the median of its runs above);
@@ -69,7 +71,8 @@ def ours(ctx: Context, field, frame: Path, tag: str, timeout: float, profile: in
          **pipeline) -> dict:
     folder = ctx.folder(f"frame/{tag}")
     settings = write_json(folder / "settings.json", field.stage_settings(folder / "cache", **pipeline))
-    args = [str(frame), str(folder / "work"), str(settings)] + (["--profile", str(profile)] if profile else [])
+    args = [str(frame), str(folder / "work"), str(settings), "--threads", str(os.cpu_count() or 1)]
+    args += ["--profile", str(profile)] if profile else []
     args += ["--preload", *preload] if preload else []
     res = run_child(ctx, "bench.chain_child", args, timeout)
     res["peak_mb"] = max(res.get("peak_rss_mb") or 0, res.get("session_peak_mb") or 0)
@@ -127,7 +130,8 @@ def measure(ctx: Context) -> dict[str, Value]:
                        "imports_in_stages_s": r2k[0].get("imports_in_stages_s"),
                        "sub_tiles": r2k[0].get("sub_tiles"), "notes": r2k[0].get("notes")})
     sec = stage_seconds["2048²"]["stdd"]
-    v.note = (f"median of {len(r2k)}, status {'/'.join(map(str, states))}, method {'/'.join(methods)}; per stage "
+    v.note = (f"median of {len(r2k)}, status {'/'.join(map(str, states))}, method {'/'.join(methods)}, the frame "
+              f"alone on the machine ({os.cpu_count() or 1} threads, as a 1-worker daemon gives it); per stage "
               + ", ".join(f"{s} {sec[s]}" for s in STAGES if sec.get(s) is not None))
     if states != ["done"]:  # a chain that stopped early is not a frame's time
         v = Value.missing(f"the chain did not finish on the 2048² frame: {r2k[0].get('error')}", **v.context)

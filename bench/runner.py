@@ -184,7 +184,8 @@ def markdown(report: dict) -> str:
                      f"| {k['goal']} | {met} | {text} |")
     stages = report["keys"].get("frame_2k_s", {}).get("context", {}).get("stage_seconds")
     if stages:
-        lines += ["", "Seconds per stage (median), stdd stages vs the plain STDPipe script:", "",
+        lines += ["", "Seconds per stage (median), stdd stages (a frame alone: all cores) vs the plain STDPipe script "
+                  "(one thread):", "",
                   "| frame | side | inspect | photometry | transients | subtraction | total |",
                   "|---|---|---|---|---|---|---|"]
         for size, sides in stages.items():

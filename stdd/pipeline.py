@@ -7,6 +7,7 @@ before it runs. `run_chain` is what `stdd process`, a pool worker and a Dask wor
 """
 from __future__ import annotations
 
+
 import importlib
 import json
 import os
@@ -14,6 +15,7 @@ import shutil
 import tempfile
 import time
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
@@ -100,8 +102,9 @@ def run_chain(folder: Path, settings: StageSettings, steps: Iterable[str] | None
     settings = settle(settings, folder)  # the frame's instrument profile, chosen here by its header
     previous = _read_json(folder / RESULT_FILE) or {}
     results: dict[str, StageResult] = {}
-    # stages may leave output (plots) drawing while the next ones run, when the frame has a spare thread
-    with background.overlapping(threads != 1):
+    # stages may leave output (plots) drawing while the next ones run, when the frame has a spare
+    # thread; OpenMP code (astroscrappy's cosmic-ray filters) runs on the frame's threads
+    with background.overlapping(threads != 1), openmp_threads(threads):
         for name in names:
             if on_stage:
                 on_stage(name, "start", None)
@@ -121,6 +124,22 @@ def run_chain(folder: Path, settings: StageSettings, steps: Iterable[str] | None
     merged = merge_results(previous, names, results)
     write_json_atomic(folder / RESULT_FILE, merged)
     return merged
+
+
+@contextmanager
+def openmp_threads(threads: int):
+    """OpenMP libraries already loaded (the pool's fork server preloads them) use `threads`
+    threads inside; 0 leaves them as the environment says (OMP_NUM_THREADS)."""
+    if threads < 1:
+        yield
+        return
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # threadpoolctl comes with scikit-learn; without it the environment decides
+        yield
+        return
+    with threadpool_limits(limits=threads, user_api="openmp"):
+        yield
 
 
 def run_stage(name: str, folder: Path, settings: StageSettings, function: str | None = None) -> StageResult:

@@ -122,3 +122,30 @@ def test_the_pool_shares_the_cores_among_the_workers(config_file):
     assert s.pool.effective_threads_per_frame == 1
     s = load_settings(config_file("[pool]\nworkers = 1\nthreads_per_frame = 1\n"))
     assert s.pool.effective_threads_per_frame == 1
+
+
+def omp_probe(folder: Path, settings) -> StageResult:
+    from threadpoolctl import threadpool_info
+
+    SEEN["omp"] = sorted({i["num_threads"] for i in threadpool_info() if i["user_api"] == "openmp"})
+    return StageResult(stage="inspect", summary={})
+
+
+def test_openmp_code_runs_on_the_frames_threads(tmp_path):
+    """astroscrappy's OpenMP filters get the frame's budget inside the chain, and the process's
+    own setting comes back after it."""
+    import astroscrappy  # noqa: F401  (loads libgomp, as the pool's fork server does)
+    from threadpoolctl import threadpool_info
+
+    def omp():
+        return sorted({i["num_threads"] for i in threadpool_info() if i["user_api"] == "openmp"})
+
+    before = omp()
+    assert before, "no OpenMP library loaded"
+    folder = _frame(tmp_path)
+    for threads in (1, 2, 3):
+        SEEN.clear()
+        res = run_chain(folder, StageSettings(cache_dir=tmp_path / "cache"), ["inspect"],
+                        functions={"inspect": "test_stages_background:omp_probe"}, threads=threads)
+        assert res["status"] == "done" and SEEN["omp"] == [threads]
+        assert omp() == before
