@@ -15,12 +15,11 @@ import shutil
 import tempfile
 import time
 import traceback
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .stages import background
+from .stages import background, threads as frame_threads
 from .stages.base import StageError, StageResult, StageSettings
 
 RESULT_FILE = "result.json"
@@ -92,8 +91,9 @@ def run_chain(folder: Path, settings: StageSettings, steps: Iterable[str] | None
     apply per-stage timeouts and to record stage runs). Returns the merged result (as written
     to result.json in the folder). `functions` (stage name -> "module:callable") replaces a
     stage's function: tests and experiments (settings `pool.stage_functions`). `threads` is how
-    many threads the frame may keep busy (0 = not limited): with 1, output work (plots) is done in
-    line instead of on a helper thread (`stages.background`).
+    many threads the frame may keep busy (0 = not limited, `stages.threads`): with 1, output work
+    (plots) is done in line instead of on a helper thread (`stages.background`) and subtraction's
+    tiles run one at a time.
     """
     from .stages.profiles import settle
 
@@ -103,8 +103,9 @@ def run_chain(folder: Path, settings: StageSettings, steps: Iterable[str] | None
     previous = _read_json(folder / RESULT_FILE) or {}
     results: dict[str, StageResult] = {}
     # stages may leave output (plots) drawing while the next ones run, when the frame has a spare
-    # thread; OpenMP code (astroscrappy's cosmic-ray filters) runs on the frame's threads
-    with background.overlapping(threads != 1), openmp_threads(threads):
+    # thread; OpenMP code (astroscrappy's cosmic-ray filters) and subtraction's tiles run on the
+    # frame's threads
+    with background.overlapping(threads != 1), frame_threads.budget(threads):
         for name in names:
             if on_stage:
                 on_stage(name, "start", None)
@@ -124,22 +125,6 @@ def run_chain(folder: Path, settings: StageSettings, steps: Iterable[str] | None
     merged = merge_results(previous, names, results)
     write_json_atomic(folder / RESULT_FILE, merged)
     return merged
-
-
-@contextmanager
-def openmp_threads(threads: int):
-    """OpenMP libraries already loaded (the pool's fork server preloads them) use `threads`
-    threads inside; 0 leaves them as the environment says (OMP_NUM_THREADS)."""
-    if threads < 1:
-        yield
-        return
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # threadpoolctl comes with scikit-learn; without it the environment decides
-        yield
-        return
-    with threadpool_limits(limits=threads, user_api="openmp"):
-        yield
 
 
 def run_stage(name: str, folder: Path, settings: StageSettings, function: str | None = None) -> StageResult:

@@ -229,17 +229,18 @@ class StageRun:
                 self._log.close()
         return False
 
-    def log(self, *args) -> None:
-        """print-like; also usable as STDPipe's `verbose=` callable."""
+    def log(self, *args, stamp: str | None = None) -> None:
+        """print-like; also usable as STDPipe's `verbose=` callable. `stamp`: the time of a line
+        written down earlier (a subtraction tile's)."""
         text = " ".join(str(a) for a in args)
-        stamp = time.strftime("%H:%M:%S")
+        stamp = stamp or time.strftime("%H:%M:%S")
         if self._log and not self._log.closed:
             for line in text.splitlines() or [""]:
                 self._log.write(f"{stamp} {line}\n")
 
-    def note(self, text: str) -> None:
+    def note(self, text: str, stamp: str | None = None) -> None:
         self.notes.append(text)
-        self.log(f"NOTE: {text}")
+        self.log(f"NOTE: {text}", stamp=stamp)
 
     def product(self, rel: str | Path) -> Path:
         rel = str(rel)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import time
 import warnings
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from astropy.io import fits
 from astropy.table import Table, vstack
 from astropy.wcs import WCS
 
+from . import threads as frame_threads
 from .base import StageError, StageSettings
 from .measure import measure
 from .products import (guarded, StageRun, ds9_regions, finite_or_none, read_json, write_fits, write_json, write_table,
@@ -125,23 +127,33 @@ def _subtraction(run: StageRun, settings: StageSettings):
     conv_full = np.full(shape, np.nan, np.float32)
     all_cands = []
     tiles = []
-    for ix in range(nx):
-        for iy in range(ny):
-            x0, x1 = ix * w // nx, (ix + 1) * w // nx
-            y0, y1 = iy * h // ny, (iy + 1) * h // ny
-            tile = _tile(run, settings, method, image, template, mask, bits, tmask, wcs, header, obj, zp, gain,
-                         tmpl, fwhm, aper, (ix, iy), (x0, x1, y0, y1))
-            tiles.append(tile["info"])
-            if tile.get("diff") is None:
-                continue
-            ox0, oy0 = tile["origin"]
-            core = (slice(y0, y1), slice(x0, x1))
-            sub = (slice(y0 - oy0, y1 - oy0), slice(x0 - ox0, x1 - ox0))
-            diff_full[core] = tile["diff"][sub]
-            err_full[core] = tile["err"][sub]
-            conv_full[core] = tile["conv"][sub]
-            if len(tile["cands"]):
-                all_cands.append(tile["cands"])
+    cores = [(ix, iy, (ix * w // nx, (ix + 1) * w // nx, iy * h // ny, (iy + 1) * h // ny))
+             for ix in range(nx) for iy in range(ny)]
+
+    def one(job):
+        ix, iy, core = job
+        trun = _TileRun(run)
+        return trun, _tile(trun, settings, method, image, template, mask, bits, tmask, wcs, header, obj, zp, gain,
+                           tmpl, fwhm, aper, (ix, iy), core)
+
+    side_by_side = min(frame_threads.available(), len(cores))
+    if side_by_side > 1:
+        run.log(f"{side_by_side} tiles at a time (the frame's thread budget)")
+    # tiles done side by side are merged, logged and listed in tile order, as if done one by one
+    for trun, tile in _in_order(one, cores, side_by_side):
+        trun.replay(run)
+        tiles.append(tile["info"])
+        if tile.get("diff") is None:
+            continue
+        x0, x1, y0, y1 = tile["core"]
+        ox0, oy0 = tile["origin"]
+        core = (slice(y0, y1), slice(x0, x1))
+        sub = (slice(y0 - oy0, y1 - oy0), slice(x0 - ox0, x1 - ox0))
+        diff_full[core] = tile["diff"][sub]
+        err_full[core] = tile["err"][sub]
+        conv_full[core] = tile["conv"][sub]
+        if len(tile["cands"]):
+            all_cands.append(tile["cands"])
     if all(t.get("error") for t in tiles):
         raise StageError(f"{STAGE}: the subtraction failed on every tile: {tiles[0]['error']}")
     whdr = wcs.to_header(relax=True)
@@ -181,6 +193,73 @@ def _subtraction(run: StageRun, settings: StageSettings):
 
 
 # ---------------------------------------------------------------- pieces
+
+class _TileRun:
+    """What one tile's work sees of the stage run: the folder, scratch folder and settings, and a
+    log, notes and products of its own, added to the stage's (`replay`) once the tile is merged —
+    so tiles done side by side leave the log and the result as if done one by one."""
+
+    def __init__(self, run: StageRun):
+        self.folder, self.tmpdir, self.settings, self.stage = run.folder, run.tmpdir, run.settings, run.stage
+        self._entries: list[tuple[str, str, str]] = []  # (time, "log" | "note", text)
+        self._products: list[str] = []
+
+    def log(self, *args) -> None:
+        self._entries.append((time.strftime("%H:%M:%S"), "log", " ".join(str(a) for a in args)))
+
+    def note(self, text: str) -> None:
+        self._entries.append((time.strftime("%H:%M:%S"), "note", text))
+
+    def product(self, rel) -> Path:
+        self._products.append(str(rel))
+        return self.folder / str(rel)
+
+    def replay(self, run: StageRun) -> None:
+        for stamp, kind, text in self._entries:
+            if kind == "note":
+                run.note(text, stamp=stamp)
+            else:
+                run.log(text, stamp=stamp)
+        for rel in self._products:
+            run.product(rel)
+
+
+def _in_order(work, jobs: list, at_once: int):
+    """`work(job)` for each job, `at_once` of them on threads (their heavy parts — HOTPANTS,
+    SExtractor, FFTs, large numpy operations — release the GIL), results yielded in job order."""
+    if at_once <= 1:
+        yield from map(work, jobs)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    # warnings.catch_warnings is not thread-safe: the tiles' own ones run inside this one, which
+    # restores the process's filters once every tile has ended
+    with warnings.catch_warnings(), ThreadPoolExecutor(at_once, thread_name_prefix="stdd-tile") as pool:
+        warnings.simplefilter("ignore")
+        yield from pool.map(work, jobs)
+
+
+def _program_logged_to(exe: str, logfile: Path, scratch: Path) -> str:
+    """A launcher for `exe` that sends its output to `logfile` (STDPipe runs HOTPANTS through the shell
+    with its output on ours: with tiles side by side their outputs would interleave in the stage log)."""
+    import shlex
+
+    logfile.parent.mkdir(parents=True, exist_ok=True)
+    scratch.mkdir(parents=True, exist_ok=True)
+    launcher = scratch / f"{logfile.parent.name}-{Path(exe).name}.sh"
+    launcher.write_text(f"#!/bin/sh\nexec {shlex.quote(str(exe))} \"$@\" > {shlex.quote(str(logfile))} 2>&1\n")
+    launcher.chmod(0o755)
+    return str(launcher)
+
+
+def _last_words(logfile: Path, n: int = 2) -> str:
+    """The last lines a program wrote (why it failed, most often)."""
+    try:
+        lines = [ln.strip() for ln in logfile.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return "it wrote no log"
+    return " / ".join(lines[-n:]) if lines else "it printed nothing"
+
 
 def _quick_fwhm(image, mask) -> float:
     from .inspect import quick_fwhm
@@ -292,13 +371,16 @@ def _tile(run, settings, method, image, template, mask, bits, tmask, wcs, header
                                                            res.kernel_poly_order, np.where(np.isfinite(terr), terr, 0) ** 2)
                 noise = np.sqrt(np.asarray(noise, float) ** 2 + var_t)
             elif method == "hotpants":
+                hp_log = run.folder / tdir / "hotpants.log"
                 res = ssub.run_hotpants(img_bs, tpl_bs, mask=m, template_mask=tm, err=err, template_err=terr,
                                         image_fwhm=fwhm, template_fwhm=None, image_gain=gain,
                                         template_gain=tgain or 1e6, obj=tobj if len(tobj) else None,
                                         get_convolved=True, get_noise=True, _tmpdir=str(run.tmpdir),
-                                        _exe=hotpants_exe(settings), verbose=run.log)
+                                        _exe=_program_logged_to(hotpants_exe(settings), hp_log, run.tmpdir),
+                                        verbose=run.log)
                 if res is None:
-                    raise RuntimeError("HOTPANTS returned no result (see subtraction.log)")
+                    raise RuntimeError(f"HOTPANTS returned no result: {_last_words(hp_log)} "
+                                       f"(its output: {tdir}/hotpants.log)")
                 diff, conv, noise = res
             else:
                 res = ssub.run_zogy(img_bs, tpl_bs, mask=m, template_mask=tm, image_gain=gain,
@@ -331,7 +413,7 @@ def _tile(run, settings, method, image, template, mask, bits, tmask, wcs, header
         write_table(run.product(f"{tdir}/candidates.ecsv"), cands)
     info["n_candidates"] = int(len(cands))
     return {"info": info, "diff": diff, "err": noise, "conv": np.asarray(conv, float), "cands": cands,
-            "origin": (ox0, oy0)}
+            "origin": (ox0, oy0), "core": core}
 
 
 def _select_stamps(obj, shape, size, badmask, grid=4, per_cell=10):
