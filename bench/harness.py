@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .common import ROOT, Unavailable, descendants, hwm_mb, rss_mb, session_members, tree_rss_mb
+from .common import ROOT, Unavailable, descendants, hwm_mb, session_mb, tree_rss_mb
 from .inputs import Field
 
 TOKEN_ENV = "STDD_BENCH_HTTP_TOKEN"
@@ -216,15 +216,15 @@ class FrameMemorySampler:
         while not self._stop.wait(self.interval):
             try:
                 for leader in self.daemon.frame_processes():
-                    total = sum(r for r in (rss_mb(p) for p in session_members(leader)) if r is not None)
+                    total = session_mb(leader)
                     own = hwm_mb(leader)
-                    pk = self.peaks.setdefault(leader, {"session_rss_mb": 0.0, "hwm_mb": 0.0})
-                    pk["session_rss_mb"] = max(pk["session_rss_mb"], round(total, 1))
+                    pk = self.peaks.setdefault(leader, {"session_mb": 0.0, "hwm_mb": 0.0})
+                    pk["session_mb"] = max(pk["session_mb"], round(total, 1))
                     if own is not None:
                         pk["hwm_mb"] = max(pk["hwm_mb"], round(own, 1))
             except Exception:  # a process ended between listing and reading: next round
                 continue
 
     def worst(self) -> float | None:
-        vals = [max(v["session_rss_mb"], v["hwm_mb"]) for v in self.peaks.values()]
+        vals = [max(v["session_mb"], v["hwm_mb"]) for v in self.peaks.values()]
         return max(vals) if vals else None

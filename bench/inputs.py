@@ -17,6 +17,7 @@ from typing import Any
 from .common import Context
 
 BAND = "r"
+SUB_METHOD = "sfft"  # every measure but frame_2k_hotpants_s
 
 
 @dataclass
@@ -33,14 +34,16 @@ class Field:
         return f"BENCH-{self.size}"
 
     def stage_settings(self, cache_dir: Path, **pipeline: Any) -> dict[str, Any]:
-        """StageSettings (as a dict) for this field: local catalogue and template library, offline."""
-        return {"offline": True, "cache_dir": str(cache_dir), "pipeline": dict(pipeline),
+        """StageSettings (as a dict) for this field: local catalogue and template library, offline;
+        SFFT unless `sub_method` says otherwise (with a `hotpants` on PATH, "auto" would pick it)."""
+        return {"offline": True, "cache_dir": str(cache_dir), "pipeline": {"sub_method": SUB_METHOD, **pipeline},
                 "catalog": {"source": "local", "files": [str(self.catalog)]},
                 "template": {"source": "local", "folder": str(self.templates)}}
 
     def config_toml(self) -> str:
         """The same as config sections for a daemon."""
-        return (f"[catalog]\nsource = \"local\"\nfiles = [{json.dumps(str(self.catalog))}]\n"
+        return (f"[pipeline]\nsub_method = \"{SUB_METHOD}\"\n"
+                f"[catalog]\nsource = \"local\"\nfiles = [{json.dumps(str(self.catalog))}]\n"
                 f"[template]\nsource = \"local\"\nfolder = {json.dumps(str(self.templates))}\n")
 
 
