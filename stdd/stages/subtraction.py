@@ -19,6 +19,7 @@ mode: forced photometry of every target on the difference (all targets, not only
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import time
 import warnings
@@ -246,19 +247,22 @@ def _program_logged_to(exe: str, logfile: Path, scratch: Path) -> str:
 
     logfile.parent.mkdir(parents=True, exist_ok=True)
     scratch.mkdir(parents=True, exist_ok=True)
+    if os.statvfs(scratch).f_flag & os.ST_NOEXEC:  # no launcher can run from there: output to the stage log
+        return exe
     launcher = scratch / f"{logfile.parent.name}-{Path(exe).name}.sh"
     launcher.write_text(f"#!/bin/sh\nexec {shlex.quote(str(exe))} \"$@\" > {shlex.quote(str(logfile))} 2>&1\n")
     launcher.chmod(0o755)
     return str(launcher)
 
 
-def _last_words(logfile: Path, n: int = 2) -> str:
-    """The last lines a program wrote (why it failed, most often)."""
+def _last_words(logfile: Path, rel_folder: str, n: int = 2) -> str:
+    """The last lines a program wrote (why it failed, most often), and where the rest is."""
     try:
         lines = [ln.strip() for ln in logfile.read_text(errors="replace").splitlines() if ln.strip()]
-    except OSError:
-        return "it wrote no log"
-    return " / ".join(lines[-n:]) if lines else "it printed nothing"
+    except OSError:  # no launcher could run it (noexec scratch): its output went to the stage log
+        return "its output is in subtraction.log"
+    said = " / ".join(lines[-n:]) if lines else "it printed nothing"
+    return f"{said} (its output: {rel_folder}/{logfile.name})"
 
 
 def _quick_fwhm(image, mask) -> float:
@@ -379,8 +383,7 @@ def _tile(run, settings, method, image, template, mask, bits, tmask, wcs, header
                                         _exe=_program_logged_to(hotpants_exe(settings), hp_log, run.tmpdir),
                                         verbose=run.log)
                 if res is None:
-                    raise RuntimeError(f"HOTPANTS returned no result: {_last_words(hp_log)} "
-                                       f"(its output: {tdir}/hotpants.log)")
+                    raise RuntimeError(f"HOTPANTS returned no result: {_last_words(hp_log, tdir)}")
                 diff, conv, noise = res
             else:
                 res = ssub.run_zogy(img_bs, tpl_bs, mask=m, template_mask=tm, image_gain=gain,
