@@ -2,8 +2,6 @@
 a real Swift notice posted over HTTP, the frames covering its region and the candidates inside."""
 from __future__ import annotations
 
-import json
-import re
 from html.parser import HTMLParser
 from urllib.parse import quote
 

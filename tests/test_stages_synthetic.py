@@ -1,8 +1,6 @@
 """Accuracy on synthetic frames with exact truth (stdd.synth): all four stages, real binaries."""
 from __future__ import annotations
 
-import json
-import warnings
 from pathlib import Path
 
 import numpy as np

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import sqlite3
-from pathlib import Path
 
 import pytest
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import click
 
 from ..pipeline import STAGE_NAMES
-from .common import EXIT_FAILURE, EXIT_USAGE, echo_json, fail, get_settings
+from .common import EXIT_USAGE, echo_json, fail, get_settings
 
 FRAME_FIELDS = ("id", "path", "name", "sha256", "version", "state", "stage", "priority", "attempts", "error",
                 "size", "created_at", "started_at", "finished_at", "result_dir", "work_dir", "pid",

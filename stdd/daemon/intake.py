@@ -23,7 +23,7 @@ import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from ..pipeline import publish
 from ..watch.files import FileStat, SourceChanged, copy_and_hash, file_stat, fits_suffix, frame_stem

@@ -12,7 +12,6 @@ catalogue covering the field.
 from __future__ import annotations
 
 import math
-import os
 import subprocess
 import warnings
 from dataclasses import dataclass, field

@@ -12,7 +12,6 @@ settings and alert regions).
 """
 from __future__ import annotations
 
-import math
 import re
 import warnings
 from pathlib import Path

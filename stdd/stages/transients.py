@@ -255,7 +255,7 @@ def _skybot(run, settings, obj, keep, drop, state):
     if not state.get("time_mid"):
         run.note("SkyBoT check not done: the frame has no observation time")
         return
-    from stdpipe import catalogs as scat
+    from stdpipe import astrometry as sa
 
     sub = obj[keep]
     sub["stdd_id"] = np.nonzero(keep)[0]
@@ -264,7 +264,6 @@ def _skybot(run, settings, obj, keep, drop, state):
         from astropy.time import Time
         from astroquery.imcce import Skybot
         import astropy.units as u
-        from stdpipe import astrometry as sa
 
         ra0, dec0, sr0 = sa.get_objects_center(sub)
         with warnings.catch_warnings():
@@ -276,8 +275,6 @@ def _skybot(run, settings, obj, keep, drop, state):
             return
         run.note(f"SkyBoT check failed: {type(e).__name__}: {e}")
         return
-    from stdpipe import astrometry as sa
-
     oi, _, _ = sa.spherical_match(sub["ra"], sub["dec"], x["RA"], x["DEC"], 10 / 3600)
     hit = np.zeros(len(obj), bool)
     hit[np.asarray(sub["stdd_id"])[oi]] = True
