@@ -84,7 +84,8 @@ class PoolSettings(Section):
                                 "the next file starts it again (~3 s, overlapping the settle window). 0 = never")
     threads_per_frame: int = Field(
         0, ge=0, description="threads one frame may keep busy: 0 = cores ÷ workers (at least 1). With 2 or more, a "
-                             "frame draws its plots on a helper thread while its next stages run; with 1 (the default "
+                             "frame draws its plots on a helper thread while its next stages run and subtracts that "
+                             "many tiles at a time; with 1 (the default "
                              "when workers = cores) it draws them in line, so no frame takes CPU from another")
     frames_per_process: int = Field(
         20, ge=1, description="a frame process that ended its frame cleanly takes up to this many frames in all "
