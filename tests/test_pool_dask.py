@@ -189,8 +189,17 @@ def test_frame_priorities_are_the_dask_tasks_priorities(tmp_path, dask_ex, clust
         wait_event(ex, lambda e: e.kind == "stage_start" and e.stage == "inspect")
     keys = {r["frame_id"]: r["key"] for r in ex.status()["running"]}
     _, client = cluster
-    on_scheduler = client.run_on_scheduler(
-        lambda dask_scheduler: {k: list(dask_scheduler.tasks[k].priority) for k in keys.values()})
+
+    def priorities(dask_scheduler):
+        return {k: list(dask_scheduler.tasks[k].priority) for k in keys.values() if k in dask_scheduler.tasks}
+
+    # Client.submit is asynchronous: the waiting frame's task reaches the scheduler a moment later
+    deadline = time.monotonic() + 10
+    on_scheduler = client.run_on_scheduler(priorities)
+    while len(on_scheduler) < len(keys) and time.monotonic() < deadline:
+        time.sleep(0.05)
+        on_scheduler = client.run_on_scheduler(priorities)
+    assert set(on_scheduler) == set(keys.values()), f"not on the scheduler after 10 s: {set(keys.values()) - set(on_scheduler)}"
     assert {fid: on_scheduler[k][0] for fid, k in keys.items()} == {31: 0, 32: -10, 33: 3}  # Dask: lower runs first
     for _ in range(3):
         wait_event(ex, lambda e: e.kind == "finished")
