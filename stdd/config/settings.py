@@ -325,6 +325,24 @@ class AlertSettings(Section):
         return self
 
 
+class DaemonSettings(Section):
+    """How the daemon watches itself (stdd/daemon/supervise.py, stdd/daemon/dbgate.py)."""
+
+    loop_stall_seconds: float = Field(
+        120.0, gt=0, description="a supervised loop (intake, dispatch, event pump, scheduler) that has not "
+                                 "iterated for this long is stalled: /health says so and the systemd "
+                                 "watchdog ping stops, so systemd restarts the service")
+    db_busy_timeout_seconds: float = Field(
+        5.0, gt=0, description="how long one database call waits for a lock held by another process before "
+                               "it is retried (the daemon retries; nothing is dropped)")
+    intake_retry_seconds: float = Field(
+        3.0, gt=0, description="a file that could not be recorded (database locked, disk full) is tried "
+                               "again after this long (doubling up to a minute)")
+    known_files_max: int = Field(
+        100_000, ge=100, description="files remembered in memory as already seen (size and mtime); older "
+                                     "ones are checked against the database when seen again")
+
+
 class RetentionSettings(Section):
     work_days: float = Field(7.0, ge=0)
     cache_days: float = Field(90.0, ge=0)
@@ -343,6 +361,7 @@ class Settings(Section):
     site: SiteSettings = Field(default_factory=SiteSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    daemon: DaemonSettings = Field(default_factory=DaemonSettings)
     instruments_dir: Path = Path("config/instruments")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

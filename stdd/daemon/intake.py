@@ -10,14 +10,23 @@ For each settled file, in a worker thread (never on the event loop):
    from the region provider); still incomplete → held until it changes, its writer closes it
    or `incomplete_seconds` pass; bad (or incomplete for good) → recorded as failed with the
    reason, moved to the quarantine with a `.reason.txt`, and given a result folder.
+
+A file that cannot be recorded because the database refuses a write (locked by another
+process past the busy timeout, disk full) is not dropped: it goes back to the settle tracker
+and is tried again after `daemon.intake_retry_seconds` (doubling, up to a minute) — not at the
+next rescan. The files known to be recorded (path → size, mtime) are remembered in a bounded
+LRU (`daemon.known_files_max`); one forgotten is found in the database when seen again.
+Rescans (a stat of every file in the folders) run in a thread.
 """
 from __future__ import annotations
 
 import asyncio
+import collections
 import importlib
 import logging
 import os
 import shutil
+import sqlite3
 import tempfile
 import threading
 import uuid
@@ -25,7 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..faults import fault_point
 from ..pipeline import publish
+from ..store import StoreError
 from ..watch.files import FileStat, SourceChanged, copy_and_hash, file_stat, fits_suffix, frame_stem
 from ..watch.fitscheck import check_fits
 from ..watch.settle import Settled, SettleTracker
@@ -35,6 +46,8 @@ if TYPE_CHECKING:
     from .service import Daemon
 
 log = logging.getLogger("stdd.intake")
+
+RETRY_MAX_SECONDS = 60.0
 
 
 @dataclass
@@ -69,12 +82,13 @@ class Intake:
     def __init__(self, daemon: "Daemon"):
         self.d = daemon
         self._lock = threading.Lock()
-        self._known: dict[Path, FileStat] = {}
+        self._known: collections.OrderedDict[Path, FileStat] = collections.OrderedDict()
         self.tracker: SettleTracker | None = None
         self.watcher: FolderWatcher | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._task: asyncio.Task | None = None
         self._inflight: set[Path] = set()
+        self._retry_delay: dict[Path, float] = {}
+        self._retry_handles: dict[Path, asyncio.TimerHandle] = {}
         self._sem = asyncio.Semaphore(2)
         self._tasks: set[asyncio.Task] = set()
         self.taken = 0
@@ -92,7 +106,6 @@ class Intake:
         w = self._settings().watch
         self.tracker = SettleTracker(w.settle_seconds, w.incomplete_seconds)
         self._start_watcher()
-        self._task = asyncio.create_task(self._tick_loop(), name="intake")
         # the FITS check parses headers with astropy: import it now, not on the first file
         await asyncio.to_thread(importlib.import_module, "astropy.io.fits")
         await self.rescan()
@@ -120,12 +133,9 @@ class Intake:
     async def stop(self) -> None:
         if self.watcher is not None:
             await asyncio.to_thread(self.watcher.stop)
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        for h in self._retry_handles.values():
+            h.cancel()
+        self._retry_handles.clear()
         for t in list(self._tasks):
             t.cancel()
         if self._tasks:
@@ -146,43 +156,63 @@ class Intake:
             pool.prepare()
 
     async def rescan(self) -> int:
-        """Note every matching file not known with its current size and mtime."""
+        """Note every matching file not known with its current size and mtime (in a thread:
+        it lists the folders and stats every file)."""
         if self.watcher is None:
             return 0
-        paths = await asyncio.to_thread(self.watcher.rescan)
-        present = set(paths)
-        for gone in [p for p in self._known if p not in present]:  # archived, deleted, quarantined
-            del self._known[gone]
-        n = 0
-        for path in paths:
-            st = file_stat(path)
-            if st is None or st.same(self._known.get(path)):
-                continue
-            with self._lock:
-                if path in self.tracker or path in self._inflight:
-                    continue
-                self.tracker.note(path)
-            n += 1
+        n = await asyncio.to_thread(self._rescan)
         if n:
             log.info("rescan: %d file%s to look at", n, "" if n == 1 else "s")
             self._frame_coming()
         return n
 
-    # -- settling -------------------------------------------------------------------------
-    async def _tick_loop(self) -> None:
-        while True:
-            settle = self.tracker.settle_seconds
-            await asyncio.sleep(min(0.5, max(0.05, settle / 4)))
+    def _rescan(self) -> int:
+        paths = self.watcher.rescan()
+        present = set(paths)
+        with self._lock:
+            for gone in [p for p in self._known if p not in present]:  # archived, deleted, quarantined
+                del self._known[gone]
+        n = 0
+        for path in paths:
+            st = file_stat(path)
             with self._lock:
-                empty = len(self.tracker) == 0
-            if empty:
-                continue
-            due = await asyncio.to_thread(self._due)
-            for item in due:
-                self._inflight.add(item.path)
-                task = asyncio.create_task(self._take(item))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                if st is None or st.same(self._known.get(path)):
+                    continue
+                if path in self.tracker or path in self._inflight or path in self._retry_handles:
+                    continue
+                self.tracker.note(path)
+            n += 1
+        return n
+
+    def _remember(self, path: Path, st: FileStat) -> None:
+        with self._lock:
+            self._known[path] = st
+            self._known.move_to_end(path)
+            limit = self._settings().daemon.known_files_max
+            while len(self._known) > limit:
+                self._known.popitem(last=False)
+
+    # -- settling -------------------------------------------------------------------------
+    async def iteration(self) -> None:
+        """One turn of the intake loop (supervised): take the files that have settled; bring a
+        dead watcher back."""
+        settle = self.tracker.settle_seconds
+        await asyncio.sleep(min(0.5, max(0.05, settle / 4)))
+        if self.watcher is not None and not self.watcher.alive and self.d.state in ("running", "paused"):
+            log.error("watch: the folder watcher died; starting it again")
+            await asyncio.to_thread(self.watcher.stop)
+            self._start_watcher()
+            asyncio.get_running_loop().create_task(self.rescan())
+        with self._lock:
+            empty = len(self.tracker) == 0
+        if empty:
+            return
+        due = await asyncio.to_thread(self._due)
+        for item in due:
+            self._inflight.add(item.path)
+            task = asyncio.create_task(self._take(item))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     def _due(self) -> list[Settled]:
         with self._lock:
@@ -192,17 +222,19 @@ class Intake:
         try:
             async with self._sem:
                 out = await asyncio.to_thread(self.examine, item)
-        except Exception as e:  # a bug or an odd filesystem: log it, watch the file again later
-            log.exception("intake: %s: %s", item.path, e)
-            out = Outcome("error", item.path, reason=str(e))
+        except Exception as e:  # the database refused, a bug, an odd filesystem: try again soon
+            log.error("intake: %s: %s: %s", item.path, type(e).__name__, e,
+                      exc_info=not isinstance(e, (OSError, sqlite3.Error, StoreError)))
+            out = Outcome("error", item.path, reason=f"{type(e).__name__}: {e}")
         finally:
             self._inflight.discard(item.path)
         self._after(item, out)
 
     def _after(self, item: Settled, out: Outcome) -> None:
         if out.kind in ("queued", "duplicate", "known", "rejected"):
+            self._retry_delay.pop(item.path, None)
             if out.stat is not None:
-                self._known[item.path] = out.stat
+                self._remember(item.path, out.stat)
         if out.kind == "queued":
             self.taken += 1
             self.d.wake_dispatcher()
@@ -213,6 +245,26 @@ class Intake:
         elif out.kind == "changed":
             with self._lock:
                 self.tracker.note(item.path)
+        elif out.kind == "error":
+            self._retry_later(item.path, out.reason)
+
+    def _retry_later(self, path: Path, reason: str | None) -> None:
+        """A file that could not be taken now (database locked, disk full, a bug) is tried again
+        soon, with a growing delay; never left for the next rescan."""
+        first = self._settings().daemon.intake_retry_seconds
+        delay = min(RETRY_MAX_SECONDS, self._retry_delay.get(path, first / 2) * 2)
+        self._retry_delay[path] = delay
+        log.warning("intake: %s could not be recorded (%s); trying again in %.0f s", path, reason, delay)
+        old = self._retry_handles.pop(path, None)
+        if old is not None:
+            old.cancel()
+        self._retry_handles[path] = asyncio.get_running_loop().call_later(delay, self._renote, path)
+
+    def _renote(self, path: Path) -> None:
+        self._retry_handles.pop(path, None)
+        with self._lock:
+            if self.tracker is not None and path not in self._inflight:
+                self.tracker.note(path)
 
     # -- the work, in a thread ------------------------------------------------------------
     def examine(self, item: Settled, *, steps: list[str] | None = None, priority: int = 0,
@@ -253,6 +305,7 @@ class Intake:
                 prio = max(prio, int(p2))
             except Exception as e:
                 log.warning("intake: %s: the region provider failed (%s); normal priority", path, e)
+            fault_point("intake.record")
             frame, created = frames.add(str(path), sha, st0.size, st0.mtime, priority=prio, steps=steps)
             if not created:  # the same content arrived twice at once: the other one won
                 return self._duplicate(path, st0, frame)

@@ -159,6 +159,16 @@ def clean_stale_publish(results: Path) -> int:
     return n
 
 
+def clean_partial_publish(result_dir: Path) -> int:
+    """Remove the temporary folders a killed publish of `result_dir` left beside it."""
+    n = 0
+    for tmp in result_dir.parent.glob(f".{result_dir.name}.*"):
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+            n += 1
+    return n
+
+
 def dump(obj) -> str:
     return json.dumps(obj, default=str)
 

@@ -1,30 +1,29 @@
-"""The daemon: intake → queue → pool, scheduled jobs, signals, systemd notify, config reload.
+"""The daemon: its API, its life cycle, and how it watches itself.
 
-Design note: one asyncio event loop holds the service together and does no heavy work. The
-watcher's thread hands paths to the intake, which hashes, copies and checks files in worker
-threads and records frames (SQLite is the durable queue: a frame is committed before any work
-on it). A dispatcher claims the best queued frame (priority, then age) whenever the executor
-has a free slot and submits it; a pump turns the executor's events into stage runs, results,
-retries and failures. APScheduler jobs rescan the folders, wake the dispatcher when a retry's
-time has come, clean old work folders, prune the cache, write the nightly summary and ping
-systemd's watchdog.
+Design note: one asyncio event loop holds the service together and does no heavy work and no
+SQLite I/O. Its parts, one module each:
+- `intake.py`    the watcher's paths → hashed, checked, recorded frames (worker threads);
+- `dispatch.py`  the queue → the executor, whenever a slot is free;
+- `recording.py` the executor's events → stage runs, results, retries, failures;
+- `outcomes.py`  files around a frame's end (source after success, outcome folders, recovery);
+- `schedule.py`  scheduled jobs (rescan, retention, summary, status file, watchdog ping);
+- `supervise.py` every loop kept running and watched (heartbeats, backoff, restarts);
+- `dbgate.py`    every database call on one thread of its own, and what is wrong with the file.
 
-The endpoint (and any other in-process client) uses the methods in the "API" section below;
-they are safe to call from the event loop's thread. Anything started with the daemon and
-stopped with it (the HTTP endpoint, the GCN consumer) is a `Service`, passed to the
-constructor or added with `add_service()` before `run()`.
+The endpoint (and any other in-process client) uses the methods in the "API" section; they
+are safe to call from the event loop's thread. Anything started with the daemon and stopped
+with it (the HTTP endpoint, the GCN consumer) is a `Service`; one with a `health()` method is
+part of `health()` and of the watchdog's judgement.
 """
 from __future__ import annotations
 
 import asyncio
-import collections
 import fcntl
 import gc
 import json
 import logging
 import os
 import signal
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Iterable
@@ -32,23 +31,24 @@ from typing import Any, Iterable
 from .. import __version__
 from ..config import ConfigError, Settings, load_settings
 from ..pipeline import ORIGINAL_PREFIX, STAGE_NAMES, select_steps
-from ..pool import Executor, FrameJob, PoolEvent, make_executor
-from ..pool.procs import kill_stale_group
-from ..stages.base import StageSettings
+from ..pool import Executor, make_executor
 from ..stages.profiles import ProfileSet, load_profiles
 from ..store import Database, EventLog, FrameStore, TERMINAL
 from ..watch.files import file_stat
 from ..watch.fitscheck import check_fits
 from ..watch.settle import Settled
-from . import jobs
+from . import outcomes
+from .dbgate import DbGate
+from .dispatch import Dispatcher
 from .hooks import NoRegions, RegionProvider, Service
-from .intake import Intake, frame_extra, publish_outcome, result_dir_for, spool_path
+from .intake import Intake, spool_path
 from .logs import setup_logging
 from .notify import SystemdNotifier
+from .recording import Recorder
+from .schedule import Scheduler
+from .supervise import Supervisor
 
 log = logging.getLogger("stdd.daemon")
-
-MAX_BACKOFF = 3600.0
 
 
 class DaemonError(Exception):
@@ -76,22 +76,23 @@ class Daemon:
         self.db: Database | None = None
         self.frames: FrameStore | None = None
         self.events: EventLog | None = None
+        self.gate = DbGate()
+        self.supervisor = Supervisor(on_error=self._loop_error)
         self.intake = Intake(self)
+        self.dispatcher = Dispatcher(self)
+        self.recorder = Recorder(self)
+        self.scheduler = Scheduler(self)
         self.state = "starting"
         self.paused_reason: str | None = None
         self.started_at: float | None = None
-        self._profiles = None
+        self.profiles: ProfileSet | None = None
+        self.events_lock: asyncio.Lock | None = None
+        self.wake_event: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
-        self._wake: asyncio.Event | None = None
-        self._runs: dict[int, int] = {}
-        self._crashes: collections.deque[float] = collections.deque()
-        self._resume_handle: asyncio.TimerHandle | None = None
-        self._tasks: list[asyncio.Task] = []
-        self._scheduler = None
         self._lock_fh = None
-        self._pumping = False
-        self.finished_count = 0
+        self._status_line_text = "starting"
+        self._background: set[asyncio.Task] = set()
 
     # =====================================================================================
     # API (for the endpoint and other in-process callers; call on the event loop's thread)
@@ -100,8 +101,13 @@ class Daemon:
     def store(self) -> FrameStore:
         return self.frames
 
+    @property
+    def finished_count(self) -> int:
+        return self.recorder.finished_count
+
     def status(self) -> dict[str, Any]:
-        """What `stdd status --json` shows: state, frames per state, pool, intake."""
+        """What `stdd status --json` shows: state, frames per state, pool, intake. It reads the
+        database: call it from a thread (`refresh_status` does)."""
         s = self.settings
         return {
             "state": self.state,
@@ -122,8 +128,47 @@ class Daemon:
                 "taken": self.intake.taken,
             },
             "services": [getattr(x, "name", type(x).__name__) for x in self.services],
+            "health": self.health(),
             "updated_at": time.time(),
         }
+
+    def health(self) -> dict[str, dict]:
+        """In-memory checks, safe from any thread, never blocking: the supervised loops, the
+        database as the daemon's writes find it, and every service that reports its health."""
+        loops = self.supervisor.snapshot()
+        stalled = [n for n, x in loops.items() if x["stalled"]]
+        failing = [f"{n} ({x['last_error']})" for n, x in loops.items() if x["failing_since"] is not None]
+        if stalled:
+            detail = "stalled: " + ", ".join(f"{n} (no iteration for {loops[n]['last_beat_age_seconds']:.0f} s)"
+                                             for n in stalled)
+        elif failing:
+            detail = "failing and retrying: " + "; ".join(failing)
+        else:
+            detail = f"{len(loops)} loops iterating"
+        checks = {"loops": {"ok": not stalled and not failing, "stalled": stalled, "detail": detail,
+                            "loops": loops},
+                  "database_writes": self.gate.health()}
+        for svc in self.services:
+            fn = getattr(svc, "health", None)
+            if callable(fn):
+                name = getattr(svc, "name", type(svc).__name__)
+                try:
+                    checks[f"service:{name}"] = dict(fn())
+                except Exception as e:  # noqa: BLE001 — a broken health() is itself unhealthy
+                    checks[f"service:{name}"] = {"ok": False, "detail": f"health() failed: {e}"}
+        return checks
+
+    def stall_problems(self) -> list[str]:
+        """What should make systemd restart us: a hung loop or service, a dead pool or watcher.
+        (A database that is locked or full is not: a restart would not help, and the writes are
+        being retried.)"""
+        out = [f"loop {n} stalled" for n in self.supervisor.stalled()]
+        if self.pool is None or not self.pool.alive:
+            out.append("the pool is not alive")
+        for name, check in self.health().items():
+            if name.startswith("service:") and check.get("stalled"):
+                out.append(f"{name[8:]} stalled: {check.get('detail')}")
+        return out
 
     def pause(self, reason: str = "paused by request") -> None:
         """Stop starting frames (running ones go on; the watcher keeps recording new ones)."""
@@ -132,30 +177,25 @@ class Daemon:
         self.paused_reason = reason
         self.state = "paused"
         log.warning("paused: %s", reason)
-        self.events.add("daemon.paused", reason, level="WARNING")
+        self.record_event_soon("daemon.paused", reason, level="WARNING")
         self.notifier.status(f"paused: {reason}")
-        self._write_status()
 
     def resume(self) -> None:
         if self.state != "paused":
             return
         self.state = "running"
         self.paused_reason = None
-        self._crashes.clear()
-        if self._resume_handle is not None:
-            self._resume_handle.cancel()
-            self._resume_handle = None
+        self.recorder.cancel_auto_resume()
         log.info("resumed")
-        self.events.add("daemon.resumed", "resumed")
+        self.record_event_soon("daemon.resumed", "resumed")
         self.wake_dispatcher()
-        self._write_status()
 
     async def submit(self, path: str | os.PathLike, steps: list[str] | None = None, priority: int = 0) -> dict:
         """Queue a file given by path (anywhere readable; it must be a whole FITS file now).
         Returns the frame row; identical content already recorded returns that frame, with
         `duplicate: true`. Raises SubmitError with the reason otherwise."""
         path = Path(path).absolute()
-        st = file_stat(path)
+        st = await asyncio.to_thread(file_stat, path)
         if st is None:
             raise SubmitError(f"{path}: no such file")
         if steps:
@@ -177,20 +217,20 @@ class Daemon:
 
     async def cancel(self, frame_id: int, reason: str = "cancelled by request") -> dict:
         """Cancel a queued or running frame. Returns {'frame_id', 'state'} (the state after)."""
-        frame = self._frame_or_raise(frame_id)
-        if frame["state"] == "queued" and self.frames.cancel_queued(frame_id, reason):
+        frame = await self._frame_or_raise(frame_id)
+        if frame["state"] == "queued" and await self.gate.run(self.frames.cancel_queued, frame_id, reason):
             log.info("frame=%d cancelled while queued", frame_id)
-            await asyncio.to_thread(self._publish_outcome, self.frames.get(frame_id), "cancelled", reason)
+            await self.publish_outcome(frame_id, "cancelled", reason)
             return {"frame_id": frame_id, "state": "cancelled"}
         if self.pool is not None and self.pool.cancel(frame_id, reason):
             log.info("frame=%d cancel requested: killing its process group", frame_id)
             return {"frame_id": frame_id, "state": "cancelling"}
-        return {"frame_id": frame_id, "state": self.frames.get(frame_id)["state"]}
+        return {"frame_id": frame_id, "state": (await self.gate.run(self.frames.get, frame_id))["state"]}
 
     async def retry(self, frame_id: int, from_stage: str | None = None) -> dict:
         """Queue a finished frame again, with a fresh attempt count. From a stage: earlier
         stages' products in its work folder are kept (when the folder is still there)."""
-        frame = self._frame_or_raise(frame_id)
+        frame = await self._frame_or_raise(frame_id)
         if frame["state"] not in TERMINAL:
             raise SubmitError(f"frame {frame_id} is {frame['state']}, not finished")
         steps = None
@@ -204,15 +244,21 @@ class Daemon:
             if not steps:
                 raise SubmitError(f"stage {from_stage} is not among this frame's steps ({', '.join(configured)})")
             work = Path(frame["work_dir"]) if frame.get("work_dir") else None
-            if work and any(work.glob(f"{ORIGINAL_PREFIX}.*")) and steps[0] != select_steps(configured)[0]:
+            kept = work is not None and await asyncio.to_thread(lambda: any(work.glob(f"{ORIGINAL_PREFIX}.*")))
+            if kept and steps[0] != select_steps(configured)[0]:
                 options["keep_folder"] = True
             else:
                 steps = None if frame.get("steps") is None else configured
-        self.frames.set_options(frame_id, options or None)
-        self.frames.retry(frame_id, steps)
+        frame = await self.gate.run(self._retry_tx, frame_id, options or None, steps)
         log.info("frame=%d retry requested%s", frame_id, f" from {from_stage}" if from_stage else "")
         self.wake_dispatcher()
-        return self.frames.get(frame_id)
+        return frame
+
+    def _retry_tx(self, frame_id: int, options: dict | None, steps: list[str] | None) -> dict:
+        with self.db.write():
+            self.frames.set_options(frame_id, options)
+            self.frames.retry(frame_id, steps)
+            return self.frames.get(frame_id)
 
     def reload(self) -> tuple[bool, list[str]]:
         """Re-read the config file. An invalid file changes nothing and every error is logged."""
@@ -223,28 +269,27 @@ class Daemon:
         self.notifier.reloading()
         try:
             new = load_settings(self.config_path)
-            profiles = self._load_profiles(new)
+            profiles = load_profiles(new)
         except ConfigError as e:
             for line in e.errors:
                 log.error("reload: %s", line)
             log.error("reload: %d error(s) in %s; the running config stays", len(e.errors), self.config_path)
-            self.events.add("daemon.reload_failed", f"{len(e.errors)} error(s) in {self.config_path}",
-                            data={"errors": e.errors}, level="ERROR")
+            self.record_event_soon("daemon.reload_failed", f"{len(e.errors)} error(s) in {self.config_path}",
+                                   data={"errors": e.errors}, level="ERROR")
             self.notifier.notify(READY=1, STATUS="reload failed; running with the previous config")
             return False, list(e.errors)
-        old, self.settings, self._profiles = self.settings, new, profiles
+        old, self.settings, self.profiles = self.settings, new, profiles
         self._apply(old, new)
         log.info("reload: %s loaded", self.config_path)
-        self.events.add("daemon.reloaded", f"config {self.config_path} reloaded")
-        self._write_status()
-        self.notifier.notify(READY=1, STATUS=self._status_line())
+        self.record_event_soon("daemon.reloaded", f"config {self.config_path} reloaded")
+        self.notifier.notify(READY=1, STATUS=self._status_line_text)
         return True, []
 
     async def reprioritize(self) -> int:
         """Ask the region provider again for every queued frame (call when alerts change).
         Returns how many frames changed priority."""
         changed = 0
-        for frame in self.frames.queued():
+        for frame in await self.gate.run(self.frames.queued):
             path = spool_path(self.spool, frame["sha256"], frame["name"])
             try:
                 prio, alert_ids = await asyncio.to_thread(self.region_provider.frame_priority, path)
@@ -253,7 +298,7 @@ class Daemon:
                 continue
             if prio > (frame.get("priority") or 0) or alert_ids:
                 for alert_id in alert_ids or [None]:
-                    self.frames.set_priority(frame["id"], prio, alert_id)
+                    await self.gate.run(self.frames.set_priority, frame["id"], prio, alert_id)
                 changed += 1
         if changed:
             log.info("reprioritized %d queued frame(s)", changed)
@@ -269,8 +314,58 @@ class Daemon:
             self._stop.set()
 
     def wake_dispatcher(self) -> None:
-        if self._wake is not None:
-            self._wake.set()
+        if self.wake_event is not None:
+            self.wake_event.set()
+
+    def job_ids(self) -> list[str]:
+        return self.scheduler.job_ids()
+
+    async def run_job(self, job_id: str):
+        """Run a scheduled job now (the endpoint's "run now", and tests)."""
+        return await self.scheduler.run(job_id)
+
+    # -- helpers for the daemon's parts -----------------------------------------------------
+    async def record_event(self, kind: str, message: str, **kw) -> None:
+        """An audit event, written off the loop; a database that refuses it is logged, not raised."""
+        try:
+            await self.gate.run(self.events.add, kind, message, **kw)
+        except Exception as e:  # noqa: BLE001
+            log.warning("event %s not recorded (%s): %s", kind, e, message)
+
+    def record_event_soon(self, kind: str, message: str, **kw) -> None:
+        """`record_event` from synchronous code on the loop (pause, resume, reload)."""
+        if self._loop is None or self.events is None:
+            return
+        task = self._loop.create_task(self.record_event(kind, message, **kw))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def publish_outcome(self, frame_id: int, status: str, error: str) -> None:
+        """The result folder of a frame that ran no whole chain, and its path in the queue."""
+        frame = await self.gate.run(self.frames.get, frame_id)
+        result_dir = await asyncio.to_thread(outcomes.write_outcome, self.settings, frame, status, error)
+        if result_dir is not None and not frame.get("result_dir"):
+            await self.gate.write_until_done(f"frame={frame_id} result folder", self.frames.set_dirs, frame_id,
+                                             frame.get("work_dir"), str(result_dir))
+
+    async def refresh_status(self) -> None:
+        """The status file and systemd's STATUS line (database read and file write off the loop)."""
+        text = await asyncio.to_thread(self._write_status)
+        if text:
+            self._status_line_text = text
+            self.notifier.status(text)
+
+    async def _loop_error(self, name: str, text: str, run: int) -> None:
+        # the first error of a run, then every tenth: the log has them all
+        if run == 1 or run % 10 == 0:
+            await self.record_event("daemon.loop_error", f"{name}: {text}" + (f" ({run} in a row)" if run > 1 else ""),
+                                    data={"loop": name, "consecutive": run}, level="ERROR")
+
+    async def _frame_or_raise(self, frame_id: int) -> dict:
+        frame = await self.gate.run(self.frames.get, int(frame_id))
+        if frame is None:
+            raise SubmitError(f"no frame {frame_id}")
+        return frame
 
     # =====================================================================================
     # life cycle
@@ -279,8 +374,8 @@ class Daemon:
         """Run until stopped; returns the exit code (0 after a clean stop)."""
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        self._wake = asyncio.Event()
-        self._events_lock = asyncio.Lock()
+        self.wake_event = asyncio.Event()
+        self.events_lock = asyncio.Lock()
         self._install_signals()
         try:
             await self._start()
@@ -304,63 +399,55 @@ class Daemon:
             except OSError as e:
                 raise DaemonError(f"cannot create {folder}: {e.strerror}") from None
         self._take_lock()
-        self.db = Database(self.db_path)
+        self.db = await self.gate.run(Database, self.db_path,
+                                      busy_timeout_ms=int(s.daemon.db_busy_timeout_seconds * 1000))
         self.frames = FrameStore(self.db)
         self.events = EventLog(self.db)
-        self._profiles = self._load_profiles(s)
-        await asyncio.to_thread(self._recover)
+        self.profiles = load_profiles(s)
+        await self.gate.run(outcomes.recover, self.frames, s, self.spool)
         if self.pool is None:
             self.pool = make_executor(s.pool)
-        self.pool.hold_ends = True  # see _record
+        self.pool.hold_ends = True  # see recording.py
         await asyncio.to_thread(self.pool.start)
         await self.intake.start()
-        self._start_scheduler()
+        self.scheduler.start()
         self.state = "running"
-        self._tasks = [asyncio.create_task(self._dispatch_loop(), name="dispatch"),
-                       asyncio.create_task(self._pump_loop(), name="pump")]
+        stall = s.daemon.loop_stall_seconds
+        self.supervisor.start("dispatch", self.dispatcher.iteration, stall)
+        self.recorder.pumping = True
+        self.supervisor.start("pump", self.recorder.pump_iteration, stall)
+        self.supervisor.start("intake", self.intake.iteration, stall)
+        self.supervisor.start("scheduler", self._scheduler_iteration, stall)
         for svc in self.services:
             await svc.start(self)
-        self.events.add("daemon.started", f"stdd {__version__} started (pid {os.getpid()})")
-        log.info("started: pid %d, %s, database %s", os.getpid(), self._status_line(), self.db_path)
-        self.notifier.ready(self._status_line())
-        self._write_status()
+        await self.record_event("daemon.started", f"stdd {__version__} started (pid {os.getpid()})")
+        await self.refresh_status()
+        log.info("started: pid %d, %s, database %s", os.getpid(), self._status_line_text, self.db_path)
+        self.notifier.ready(self._status_line_text)
         # everything imported at start-up lives as long as the daemon: out of the collector's
         # reach, a full collection no longer walks it (shorter pauses of the event loop)
         gc.collect()
         gc.freeze()
         self.wake_dispatcher()
 
-    def _recover(self) -> None:
-        """After an unclean stop: kill what is left of frame processes, requeue their frames,
-        and remove half-written results and spool files."""
-        for frame in self.frames.running():
-            run = self.frames.last_stage_run(frame["id"])
-            pid = (run or {}).get("pid") or frame.get("pid")
-            if pid and frame.get("started_at"):
-                until = (run or {}).get("started_at") or time.time()
-                if kill_stale_group(int(pid), frame["started_at"], until):
-                    log.warning("frame=%d killed the leftover process group %d of the previous daemon",
-                                frame["id"], pid)
-            self.frames.close_open_stage_runs(frame["id"], "the daemon stopped uncleanly")
-        ids = self.frames.recover_running()
-        for fid in ids:
-            log.warning("frame=%d was running when the daemon stopped; queued again, from a clean folder", fid)
-        n = jobs.clean_stale_publish(self.settings.paths.results)
-        for tmp in self.spool.glob(".incoming-*"):
-            tmp.unlink(missing_ok=True)
-        if n:
-            log.info("removed %d half-written result folder(s)", n)
+    async def _scheduler_iteration(self) -> None:
+        """The scheduler's supervision: APScheduler runs on the loop; its heartbeat is the
+        status job (schedule.py). If it has stopped, start it again."""
+        await asyncio.sleep(1.0)
+        aps = self.scheduler.aps
+        if aps is not None and not aps.running and self.state in ("running", "paused"):
+            log.error("the scheduler stopped; starting it again")
+            self.scheduler.aps = None
+            self.scheduler.start()
 
     async def _shutdown(self) -> None:
         log.info("stopping: no new frames; running stages may finish within %.0f s",
                  self.settings.pool.shutdown_grace_seconds)
         self.state = "stopping"
         self.notifier.stopping("stopping: letting running stages finish")
-        self._write_status()
+        await self.supervisor.stop(["dispatch", "intake", "scheduler"])
         await self.intake.stop()
-        if self._scheduler is not None:
-            self._scheduler.shutdown(wait=False)
-            self._scheduler = None
+        self.scheduler.stop()
         for svc in reversed(self.services):
             try:
                 await svc.stop()
@@ -368,30 +455,28 @@ class Daemon:
                 log.exception("service %s failed to stop", getattr(svc, "name", svc))
         if self.pool is not None:
             await asyncio.to_thread(self.pool.shutdown, self.settings.pool.shutdown_grace_seconds)
-        # the pump ends by itself after its current poll (a cancelled poll would drop events)
-        self._pumping = False
-        for task in self._tasks:
-            if task.get_name() != "pump":
-                task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.recorder.stop_pumping()
+        await self.supervisor.stop()
         if self.pool is not None:
             for ev in self.pool.poll(0):
-                await self._record(ev)
+                await self.recorder.record(ev)
         await self._close()
 
     async def _close(self, startup_failed: bool = False) -> None:
         if self.frames is not None:
-            for frame in self.frames.running():  # nothing should be left; if so, it goes back
-                self.frames.close_open_stage_runs(frame["id"], "the daemon stopped")
-                self.frames.requeue(frame["id"], "the daemon stopped", count_attempt=False)
-            if not startup_failed:
-                self.events.add("daemon.stopped", "stopped cleanly")
+            try:
+                await self.gate.run(self._requeue_leftovers, not startup_failed)
+            except Exception as e:  # noqa: BLE001 — the next start recovers them
+                log.error("stop: could not requeue running frames (%s); the next start will", e)
+        for task in list(self._background):
+            await asyncio.gather(task, return_exceptions=True)
         self.state = "stopped"
         if self._lock_fh is not None:  # never overwrite another daemon's status
-            self._write_status()
+            await asyncio.to_thread(self._write_status)
         if self.db is not None:
-            self.db.close()
+            await self.gate.run(self.db.close)
             self.db = None
+        self.gate.close()
         self._release_lock()
         self.notifier.close()
         if self._loop is not None:
@@ -401,6 +486,13 @@ class Daemon:
                 except (NotImplementedError, RuntimeError, ValueError):
                     pass
         log.info("stopped")
+
+    def _requeue_leftovers(self, clean: bool) -> None:
+        for frame in self.frames.running():  # nothing should be left; if so, it goes back
+            self.frames.close_open_stage_runs(frame["id"], "the daemon stopped")
+            self.frames.requeue(frame["id"], "the daemon stopped", count_attempt=False)
+        if clean:
+            self.events.add("daemon.stopped", "stopped cleanly")
 
     def _take_lock(self) -> None:
         """One daemon per database: an exclusive lock on `<database>.lock`."""
@@ -439,12 +531,6 @@ class Daemon:
         if self.events is not None:
             self.reload()
 
-    def _load_profiles(self, settings: Settings) -> ProfileSet:
-        """Every instrument profile the config names (`watch.profiles`, `pipeline.instrument`) or may
-        match by header, read and validated once per load; ConfigError names the bad key or file.
-        `_job_for` picks by the frame's folder; the frame's process by its header (stages/profiles.py)."""
-        return load_profiles(settings)
-
     def _apply(self, old: Settings, new: Settings) -> None:
         setup_logging(new.log_level)
         p = new.pool
@@ -456,385 +542,39 @@ class Daemon:
             log.warning("reload: paths.database and paths.var take effect at the next start")
         if old.pool.executor != new.pool.executor:
             log.warning("reload: pool.executor takes effect at the next start")
-        self._schedule_jobs(replace=True)
+        self.scheduler.schedule(replace=True)
         self.wake_dispatcher()
 
-    def _status_line(self) -> str:
-        c = self.frames.counts() if self.frames else {}
-        running = len(self.pool.running_ids()) if self.pool else 0
-        text = (f"{self.state}; {c.get('queued', 0)} queued, {running} running, {c.get('done', 0)} done, "
-                f"{c.get('failed', 0)} failed")
-        if self.paused_reason:
-            text += f"; paused: {self.paused_reason}"
-        return text
-
-    def _write_status(self) -> None:
-        """`<database>.daemon.json`: what `stdd status` shows about the daemon itself."""
+    def _write_status(self) -> str | None:
+        """`<database>.daemon.json`: what `stdd status` shows about the daemon itself. Runs in
+        a thread; returns the status line (None when the database could not be read)."""
+        line = None
         try:
             data = self.status() if self.frames is not None and self.db is not None else {
                 "state": self.state, "pid": os.getpid(), "updated_at": time.time()}
+            line = self._status_line(data)
+        except Exception as e:  # noqa: BLE001 — the database may be locked: say what we know
+            data = {"state": self.state, "pid": os.getpid(), "updated_at": time.time(),
+                    "health": self.health(), "error": f"{type(e).__name__}: {e}"}
+        try:
             tmp = self.status_path.with_name(f".{self.status_path.name}.{os.getpid()}")
             tmp.write_text(json.dumps(data, default=str, indent=1))
             os.replace(tmp, self.status_path)
         except OSError as e:
             log.debug("cannot write %s: %s", self.status_path, e)
+        return line
 
-    # =====================================================================================
-    # the queue → the pool
-    # =====================================================================================
-    async def _dispatch_loop(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            async with self._events_lock:  # never between the events of one batch (a crash may pause)
-                await self._dispatch()
-
-    async def _dispatch(self) -> None:
-        while self.state == "running" and self.pool.free_slots() > 0:
-            frame = self.frames.claim_next(self.pool.name)
-            if frame is None:
-                break
-            try:
-                job = self._job_for(frame)
-            except Exception as e:  # e.g. per-frame pipeline options that do not validate
-                reason = f"cannot be started: {type(e).__name__}: {e}"
-                log.error("frame=%d %s", frame["id"], reason)
-                self.frames.finish(frame["id"], "failed", reason)
-                await asyncio.to_thread(self._publish_outcome, self.frames.get(frame["id"]), "failed", reason)
-                continue
-            try:
-                self.pool.submit(job)
-            except RuntimeError as e:  # the executor is stopping or broken: try again later
-                log.error("frame=%d cannot be started: %s; queued again", frame["id"], e)
-                self.frames.requeue(frame["id"], f"cannot be started: {e}", delay=5.0, count_attempt=False)
-                break
-            log.info("frame=%d started (attempt %d) %s", frame["id"], frame["attempts"], frame["name"])
-
-    def _job_for(self, frame: dict) -> FrameJob:
-        s = self.settings
-        try:
-            regions = list(self.region_provider.live_regions())
-        except Exception as e:
-            log.warning("region provider failed (%s); no regions for frame %d", e, frame["id"])
-            regions = []
-        options = frame.get("options") or {}
-        overrides = options.get("pipeline") or {}
-        profiles = self._profiles.choice_for(frame["path"])  # by folder; by header in the frame's process
-        stage_settings = StageSettings.from_settings(s, regions=regions, profiles=profiles, **overrides)
-        work_dir = s.paths.work / str(frame["id"])
-        result_dir = result_dir_for(s.paths.results, frame["id"], frame["name"])
-        self.frames.set_dirs(frame["id"], str(work_dir), str(result_dir))
-        steps = frame.get("steps") or list(s.pipeline.steps)
-        if frame.get("alert_ids") and not frame.get("steps"):
-            # a frame covering a live alert is always searched, whatever the default steps
-            steps = list(STAGE_NAMES)
-        return FrameJob(
-            frame_id=frame["id"], attempt=frame["attempts"], sha256=frame["sha256"],
-            source=str(spool_path(self.spool, frame["sha256"], frame["name"])), origin=frame["path"],
-            work_dir=str(work_dir), result_dir=str(result_dir), steps=steps,
-            fresh=not options.get("keep_folder"), stage_settings=stage_settings.model_dump(mode="json"),
-            stage_functions=dict(s.pool.stage_functions), extra=frame_extra(frame),
-            priority=int(frame.get("priority") or 0),
-            # Dask workers may have other cores than this machine: there only a set value limits
-            threads=s.pool.effective_threads_per_frame if s.pool.executor == "local" else s.pool.threads_per_frame,
-        )
-
-    async def _pump_loop(self) -> None:
-        self._pumping = True
-        while self._pumping:
-            events = await asyncio.to_thread(self.pool.poll, 0.25)
-            if not events:
-                continue
-            async with self._events_lock:
-                for ev in events:
-                    await self._record(ev)
-
-    async def _record(self, ev: PoolEvent) -> None:
-        try:
-            await self._on_event(ev)
-        except Exception:
-            log.exception("frame=%d error recording %s event", ev.frame_id, ev.kind)
-        finally:
-            if ev.kind in ("finished", "lost"):
-                # only now may the dispatcher refill the slot (hold_ends): never before, say,
-                # a crash loop has paused intake
-                self.pool.end_recorded()
-                self.wake_dispatcher()
-
-    async def _on_event(self, ev: PoolEvent) -> None:
-        fid = ev.frame_id
-        if ev.kind == "stage_start":
-            self._runs[fid] = self.frames.start_stage_run(fid, ev.stage, ev.attempt, ev.pid)
-            log.info("frame=%d %s started (attempt %d, pid %s)", fid, ev.stage, ev.attempt, ev.pid)
-        elif ev.kind == "stage_end":
-            run_id = self._runs.pop(fid, None)
-            summary = (ev.data or {}).get("summary") or {}
-            if run_id is not None:
-                self.frames.end_stage_run(run_id, ev.state or "done", ev.error, summary, ev.seconds)
-            if ev.state == "failed":
-                log.warning("frame=%d %s failed after %.1f s: %s", fid, ev.stage, ev.seconds or 0, ev.error)
-            else:
-                log.info("frame=%d %s %s in %.1f s", fid, ev.stage, ev.state, ev.seconds or 0)
-            radius = summary.get("radius_deg", summary.get("radius"))
-            if all(isinstance(v, (int, float)) for v in (summary.get("ra"), summary.get("dec"), radius)):
-                self.frames.set_footprint(fid, summary["ra"], summary["dec"], radius, summary.get("footprint"))
-        elif ev.kind == "finished":
-            self._runs.pop(fid, None)
-            result = (ev.data or {}).get("result") or {}
-            state = "done" if ev.state == "done" else "failed"
-            self.frames.finish(fid, state, ev.error if state == "failed" else None, result)
-            self.finished_count += 1
-            frame = self.frames.get(fid)
-            if state == "done":
-                log.info("frame=%d done in %.1f s → %s", fid, ev.seconds or 0, frame.get("result_dir"))
-                await asyncio.to_thread(self._after_success, frame)
-            else:
-                log.warning("frame=%d failed: %s", fid, ev.error)
-        elif ev.kind == "lost":
-            await self._on_lost(ev)
-        self.wake_dispatcher()
-
-    async def _on_lost(self, ev: PoolEvent) -> None:
-        fid = ev.frame_id
-        reason = ev.error or ev.state or "lost"
-        if ev.state in ("died", "error"):
-            # before the slot is freed and before any await: a crash loop must pause
-            # intake before the dispatcher can hand the freed slot to the next frame
-            self._note_crash(reason)
-        self._runs.pop(fid, None)
-        self.frames.close_open_stage_runs(fid, reason)
-        frame = self.frames.get(fid)
-        await asyncio.to_thread(self._clean_partial_publish, frame)
-        p = self.settings.pool
-        if ev.state == "interrupted":
-            self.frames.requeue(fid, reason, count_attempt=False)
-            log.info("frame=%d interrupted by the shutdown; queued again", fid)
-            return
-        if ev.state == "cancelled":
-            self.frames.finish(fid, "cancelled", reason)
-            log.info("frame=%d cancelled: %s", fid, reason)
-            await asyncio.to_thread(self._publish_outcome, self.frames.get(fid), "cancelled", reason)
-            return
-        retryable = ev.state in ("died", "error") or (ev.state == "timeout" and p.retry_timeouts)
-        attempts = frame.get("attempts") or 1
-        if retryable and attempts < p.max_attempts:
-            delay = min(MAX_BACKOFF, p.retry_backoff_seconds * 2 ** (attempts - 1))
-            self.frames.requeue(fid, reason, delay=delay)
-            log.warning("frame=%d %s; retry %d/%d in %.1f s", fid, reason, attempts + 1, p.max_attempts, delay)
-            return
-        final = reason if not retryable else f"{reason} (gave up after {attempts} attempt{'s' * (attempts > 1)})"
-        self.frames.finish(fid, "failed", final)
-        log.error("frame=%d failed: %s", fid, final)
-        await asyncio.to_thread(self._publish_outcome, self.frames.get(fid), "failed", final)
-
-    def _note_crash(self, reason: str) -> None:
-        p = self.settings.pool
-        now = time.monotonic()
-        self._crashes.append(now)
-        while self._crashes and now - self._crashes[0] > p.crash_loop_window_seconds:
-            self._crashes.popleft()
-        if len(self._crashes) >= p.crash_loop_failures and self.state == "running":
-            msg = (f"crash loop: {len(self._crashes)} frame processes died in {p.crash_loop_window_seconds:g} s "
-                   f"(last: {reason}); intake paused")
-            if p.crash_loop_pause_minutes > 0:
-                msg += f" for {p.crash_loop_pause_minutes:g} min"
-                self._resume_handle = self._loop.call_later(p.crash_loop_pause_minutes * 60, self._auto_resume)
-            else:
-                msg += " until resumed (stdd resume)"
-            log.error(msg)
-            self.pause(msg)
-
-    def _auto_resume(self) -> None:
-        self._resume_handle = None
-        if self.state == "paused" and (self.paused_reason or "").startswith("crash loop"):
-            log.info("crash-loop pause over; resuming")
-            self.resume()
-
-    # -- file handling after the fact (worker threads) ------------------------------------
-    def _after_success(self, frame: dict) -> None:
-        """The source file after a frame is done: leave, archive or delete (only if it is
-        still the same file); the spool copy goes (the work folder keeps one)."""
-        for p in self.spool.glob(f"{frame['sha256']}.*"):
-            p.unlink(missing_ok=True)
-        mode = self.settings.watch.after_success
-        if mode == "leave":
-            return
-        src = Path(frame["path"])
-        st = file_stat(src)
-        if st is None or st.size != frame["size"] or st.mtime != frame["mtime"]:
-            return  # gone, or a newer version is there now: not ours to touch
-        try:
-            if mode == "delete":
-                src.unlink()
-                log.info("frame=%d deleted the source %s", frame["id"], src)
-            elif mode == "archive":
-                dest = self._archive_path(src, frame["id"])
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                shutil.move(str(src), dest)
-                log.info("frame=%d archived the source to %s", frame["id"], dest)
-        except OSError as e:
-            log.error("frame=%d cannot %s the source %s: %s", frame["id"], mode, src, e)
-
-    def _archive_path(self, src: Path, frame_id: int) -> Path:
-        archive = self.settings.paths.archive
-        rel = Path(src.name)
-        for root in self.settings.paths.incoming:
-            if root in src.parents:
-                rel = src.relative_to(root)
-                break
-        dest = archive / rel
-        if dest.exists():
-            dest = dest.with_name(f"{frame_id}-{dest.name}")
-        return dest
-
-    def _publish_outcome(self, frame: dict, status: str, error: str) -> None:
-        result_dir = Path(frame.get("result_dir") or result_dir_for(self.settings.paths.results, frame["id"],
-                                                                       frame["name"]))
-        try:
-            publish_outcome(result_dir, {**frame_extra(frame), "status": status, "error": error})
-            if not frame.get("result_dir"):
-                self.frames.set_dirs(frame["id"], frame.get("work_dir"), str(result_dir))
-        except OSError as e:
-            log.error("frame=%d cannot write its result folder: %s", frame["id"], e)
-
-    def _clean_partial_publish(self, frame: dict) -> None:
-        if frame and frame.get("result_dir"):
-            rd = Path(frame["result_dir"])
-            for tmp in rd.parent.glob(f".{rd.name}.*"):
-                shutil.rmtree(tmp, ignore_errors=True)
-
-    def _frame_or_raise(self, frame_id: int) -> dict:
-        frame = self.frames.get(int(frame_id))
-        if frame is None:
-            raise SubmitError(f"no frame {frame_id}")
-        return frame
-
-    # =====================================================================================
-    # scheduled jobs
-    # =====================================================================================
-    def _start_scheduler(self) -> None:
-        from apscheduler.schedulers.asyncio import AsyncIOScheduler
-
-        self._scheduler = AsyncIOScheduler(event_loop=self._loop, timezone="UTC",
-                                           job_defaults={"coalesce": True, "max_instances": 1,
-                                                         "misfire_grace_time": 3600})
-        self._schedule_jobs()
-        self._scheduler.start()
-
-    def _schedule_jobs(self, replace: bool = False) -> None:
-        from apscheduler.triggers.cron import CronTrigger
-        from apscheduler.triggers.interval import IntervalTrigger
-
-        if self._scheduler is None:
-            return
-        s = self.settings
-        retry_every = min(5.0, max(0.2, s.pool.retry_backoff_seconds / 4))
-        jobs_ = [
-            ("rescan", self._job_rescan, IntervalTrigger(minutes=s.watch.rescan_minutes)),
-            ("retry", self._job_retry, IntervalTrigger(seconds=retry_every)),
-            ("retention", self._job_retention, IntervalTrigger(hours=1)),
-            ("summary", self._job_summary, CronTrigger(hour=s.retention.summary_hour_utc, minute=0,
-                                                       timezone="UTC")),
-            ("cache", self._job_cache, IntervalTrigger(hours=24)),
-            ("status", self._job_status, IntervalTrigger(seconds=5)),
-        ]
-        if s.template.own_build_hour_utc is not None:
-            jobs_.append(("own_templates", self._job_own_templates,
-                          CronTrigger(hour=s.template.own_build_hour_utc, minute=30, timezone="UTC")))
-        elif replace and self._scheduler.get_job("own_templates"):
-            self._scheduler.remove_job("own_templates")
-        if self.notifier.watchdog_seconds:
-            jobs_.append(("watchdog", self._job_watchdog,
-                          IntervalTrigger(seconds=max(0.5, self.notifier.watchdog_seconds / 3))))
-        for job_id, func, trigger in jobs_:
-            self._scheduler.add_job(func, trigger, id=job_id, name=job_id, replace_existing=True)
-
-    def job_ids(self) -> list[str]:
-        return [j.id for j in self._scheduler.get_jobs()] if self._scheduler else []
-
-    async def run_job(self, job_id: str):
-        """Run a scheduled job now (the endpoint's "run now", and tests)."""
-        func = {"rescan": self._job_rescan, "retry": self._job_retry, "retention": self._job_retention,
-                "summary": self._job_summary, "cache": self._job_cache, "status": self._job_status,
-                "watchdog": self._job_watchdog, "own_templates": self._job_own_templates}[job_id]
-        return await func()
-
-    async def _job_rescan(self):
-        return await self.intake.rescan()
-
-    async def _job_retry(self):
-        t = self.frames.next_attempt_time()
-        if t is not None and t <= time.time():
-            self.wake_dispatcher()
-        return t
-
-    async def _job_retention(self):
-        s = self.settings
-        out = await asyncio.to_thread(jobs.clean_work, self.frames, s.paths.work, self.spool, s.retention.work_days)
-        if out["removed"]:
-            log.info("retention: removed %d work folder(s) older than %g days", out["removed"], s.retention.work_days)
-        return out
-
-    async def _job_summary(self):
-        s = self.settings
-        path, summary = await asyncio.to_thread(jobs.write_night_summary, self.frames, s.paths.results, s.site.lon)
-        log.info("summary: %s (%s)", jobs.format_summary(summary), path)
-        self.events.add("summary.night", jobs.format_summary(summary), data=summary)
-        return summary
-
-    async def _job_own_templates(self):
-        """Templates from the telescope's own frames, built in a child process (numpy and SWarp
-        work must not share the daemon's GIL)."""
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-
-        s = self.settings
-        if s.template.folder is None:
-            log.warning("own templates: template.folder is not set; nothing built")
-            return {"built": [], "skipped": ["template.folder is not set"]}
-        folders = await asyncio.to_thread(jobs.template_source_folders, s.paths.results, s.paths.work)
-        if not folders:
-            return {"built": [], "skipped": ["no frame folders with images"]}
-        loop = asyncio.get_running_loop()
-        try:
-            with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as ex:
-                out = await loop.run_in_executor(ex, jobs.build_own_templates, [str(f) for f in folders],
-                                                 str(s.template.folder), s.template.own_min_frames,
-                                                 s.template.own_max_frames, s.template.own_max_fwhm_ratio)
-        except Exception as e:  # the child died (memory, a signal) or could not start: say so, go on
-            why = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-            log.error("own templates: the build failed: %s", why)
-            self.events.add("templates.own", f"build failed: {why}", level="ERROR")
-            return {"built": [], "skipped": [], "error": why}
-        text = (f"{len(out['built'])} template(s) built from {len(folders)} frame folder(s); "
-                f"{len(out['skipped'])} skipped")
-        log.info("own templates: %s", text)
-        for b in out["built"]:
-            log.info("own templates: %s from %d frames", b["path"], len(b["frames"]))
-        self.events.add("templates.own", text, data={"built": out["built"], "skipped": out["skipped"][:50]})
-        return out
-
-    async def _job_cache(self):
-        s = self.settings
-        out = await asyncio.to_thread(jobs.prune_cache, s.paths.cache, s.retention.cache_days)
-        if out["removed"]:
-            log.info("cache: removed %d file(s) unused for %g days (%.1f MB)", out["removed"],
-                     s.retention.cache_days, out["bytes"] / 1e6)
-        return out
-
-    async def _job_status(self):
-        self._write_status()
-        self.notifier.status(self._status_line())
-
-    async def _job_watchdog(self):
-        healthy = self.pool is not None and self.pool.alive and self.intake.watcher is not None \
-            and self.intake.watcher.alive
-        if healthy:
-            self.notifier.watchdog()
-        else:
-            log.error("watchdog: %s is not alive; not pinging systemd",
-                      "the pool" if not (self.pool and self.pool.alive) else "the watcher")
-        return healthy
+    def _status_line(self, data: dict) -> str:
+        c = data.get("frames") or {}
+        running = len(self.pool.running_ids()) if self.pool else 0
+        text = (f"{self.state}; {c.get('queued', 0)} queued, {running} running, {c.get('done', 0)} done, "
+                f"{c.get('failed', 0)} failed")
+        if self.paused_reason:
+            text += f"; paused: {self.paused_reason}"
+        problem = self.gate.problem()
+        if problem:
+            text += f"; {problem}"
+        return text
 
 
 def run_daemon(settings: Settings, config_path: Path | None = None, services: Iterable[Service] = (),

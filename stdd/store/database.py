@@ -110,16 +110,18 @@ class StoreError(Exception):
 class Database:
     """One connection to the state file, for one thread of one process."""
 
-    def __init__(self, path: str | Path, *, migrate: bool = True, readonly: bool = False):
+    def __init__(self, path: str | Path, *, migrate: bool = True, readonly: bool = False,
+                 busy_timeout_ms: int = BUSY_TIMEOUT_MS):
         self.path = Path(path)
+        self.busy_timeout_ms = busy_timeout_ms
         if not readonly:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         elif not self.path.exists():
             raise StoreError(f"no database at {self.path}")
         uri = f"file:{self.path}?mode=ro" if readonly else f"file:{self.path}"
-        conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+        conn = sqlite3.connect(uri, uri=True, timeout=busy_timeout_ms / 1000, isolation_level=None,
                                check_same_thread=False)
-        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
         if not readonly:
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
@@ -150,15 +152,29 @@ class Database:
                 yield self.conn
             except BaseException:
                 self._depth = 0
-                self.conn.execute("ROLLBACK")
+                self._rollback()
                 raise
-            else:
-                self._depth = 0
+            self._depth = 0
+            try:
                 self.conn.execute("COMMIT")
+            except BaseException:
+                # a COMMIT that fails (disk full, I/O error) must not leave the transaction
+                # open: the next BEGIN would fail for good
+                self._rollback()
+                raise
+
+    def _rollback(self) -> None:
+        # SQLite may already have rolled back (SQLITE_FULL, SQLITE_IOERR); a second ROLLBACK
+        # would raise and hide the error that matters
+        if self.conn.in_transaction:
+            try:
+                self.conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
 
     def _begin_immediate(self) -> None:
         # busy_timeout covers most waits; a retry loop covers the rare SQLITE_BUSY on BEGIN
-        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        deadline = time.monotonic() + self.busy_timeout_ms / 1000
         while True:
             try:
                 self.conn.execute("BEGIN IMMEDIATE")
@@ -167,7 +183,7 @@ class Database:
                 if "locked" not in str(e) and "busy" not in str(e):
                     raise
                 if time.monotonic() > deadline:
-                    raise StoreError(f"database {self.path} stayed locked for {BUSY_TIMEOUT_MS / 1000:.0f} s") from e
+                    raise StoreError(f"database {self.path} stayed locked for {self.busy_timeout_ms / 1000:.0f} s") from e
                 time.sleep(0.05)
 
     def query(self, sql: str, params=()) -> list[dict]:

@@ -1,0 +1,174 @@
+"""Scheduled jobs: rescans, retry wake-ups, retention, the cache, the nightly summary, own
+templates, the status file and the systemd watchdog ping.
+
+Design note: APScheduler (3.x, on the daemon's event loop) fires the jobs; each job's work
+runs in a thread (disk, database) and every job is guarded: one that raises is logged and
+recorded as a `job.failed` event, and the next run comes as scheduled. The scheduler is one of
+the supervised loops: the status job, every 5 s, is its heartbeat, so a scheduler that stops
+firing is seen as stalled. The watchdog ping is sent only while every supervised loop and
+service is alive and iterating: a hung dispatcher stops the ping, and systemd restarts stdd.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Awaitable, Callable
+
+from . import jobs
+
+if TYPE_CHECKING:
+    from .service import Daemon
+
+log = logging.getLogger("stdd.daemon")
+
+STATUS_EVERY = 5.0
+
+
+class Scheduler:
+    def __init__(self, daemon: "Daemon"):
+        self.d = daemon
+        self.aps = None
+        self.last_ping: float | None = None
+        self.funcs: dict[str, Callable[[], Awaitable]] = {
+            "rescan": self.rescan, "retry": self.retry, "retention": self.retention, "summary": self.summary,
+            "cache": self.cache, "status": self.status, "watchdog": self.watchdog,
+            "own_templates": self.own_templates,
+        }
+
+    def start(self) -> None:
+        from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+        self.aps = AsyncIOScheduler(event_loop=asyncio.get_running_loop(), timezone="UTC",
+                                    job_defaults={"coalesce": True, "max_instances": 1,
+                                                  "misfire_grace_time": 3600})
+        self.schedule()
+        self.aps.start()
+
+    def stop(self) -> None:
+        if self.aps is not None:
+            self.aps.shutdown(wait=False)
+            self.aps = None
+
+    def schedule(self, replace: bool = False) -> None:
+        from apscheduler.triggers.cron import CronTrigger
+        from apscheduler.triggers.interval import IntervalTrigger
+
+        if self.aps is None:
+            return
+        s = self.d.settings
+        retry_every = min(5.0, max(0.2, s.pool.retry_backoff_seconds / 4))
+        jobs_ = [
+            ("rescan", IntervalTrigger(minutes=s.watch.rescan_minutes)),
+            ("retry", IntervalTrigger(seconds=retry_every)),
+            ("retention", IntervalTrigger(hours=1)),
+            ("summary", CronTrigger(hour=s.retention.summary_hour_utc, minute=0, timezone="UTC")),
+            ("cache", IntervalTrigger(hours=24)),
+            ("status", IntervalTrigger(seconds=STATUS_EVERY)),
+        ]
+        if s.template.own_build_hour_utc is not None:
+            jobs_.append(("own_templates", CronTrigger(hour=s.template.own_build_hour_utc, minute=30,
+                                                       timezone="UTC")))
+        elif replace and self.aps.get_job("own_templates"):
+            self.aps.remove_job("own_templates")
+        if self.d.notifier.watchdog_seconds:
+            jobs_.append(("watchdog", IntervalTrigger(seconds=max(0.2, self.d.notifier.watchdog_seconds / 3))))
+        for job_id, trigger in jobs_:
+            self.aps.add_job(self._guarded, trigger, args=[job_id], id=job_id, name=job_id, replace_existing=True)
+
+    async def _guarded(self, job_id: str):
+        try:
+            return await self.funcs[job_id]()
+        except Exception as e:  # noqa: BLE001 — a job that fails runs again at its next time
+            text = f"{type(e).__name__}: {e}"
+            log.error("job %s failed: %s", job_id, text, exc_info=True)
+            await self.d.record_event("job.failed", f"{job_id}: {text}", level="ERROR")
+
+    def job_ids(self) -> list[str]:
+        return [j.id for j in self.aps.get_jobs()] if self.aps else []
+
+    async def run(self, job_id: str):
+        """Run a job now (the endpoint's "run now", and tests); errors are raised."""
+        return await self.funcs[job_id]()
+
+    # -- the jobs -------------------------------------------------------------------------
+    async def rescan(self):
+        return await self.d.intake.rescan()
+
+    async def retry(self):
+        t = await self.d.gate.run(self.d.frames.next_attempt_time)
+        if t is not None and t <= time.time():
+            self.d.wake_dispatcher()
+        return t
+
+    async def retention(self):
+        d, s = self.d, self.d.settings
+        out = await d.gate.run(jobs.clean_work, d.frames, s.paths.work, d.spool, s.retention.work_days)
+        if out["removed"]:
+            log.info("retention: removed %d work folder(s) older than %g days", out["removed"], s.retention.work_days)
+        return out
+
+    async def summary(self):
+        d, s = self.d, self.d.settings
+        path, summary = await d.gate.run(jobs.write_night_summary, d.frames, s.paths.results, s.site.lon)
+        log.info("summary: %s (%s)", jobs.format_summary(summary), path)
+        await d.record_event("summary.night", jobs.format_summary(summary), data=summary)
+        return summary
+
+    async def own_templates(self):
+        """Templates from the telescope's own frames, built in a child process (numpy and SWarp
+        work must not share the daemon's GIL)."""
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        d, s = self.d, self.d.settings
+        if s.template.folder is None:
+            log.warning("own templates: template.folder is not set; nothing built")
+            return {"built": [], "skipped": ["template.folder is not set"]}
+        folders = await asyncio.to_thread(jobs.template_source_folders, s.paths.results, s.paths.work)
+        if not folders:
+            return {"built": [], "skipped": ["no frame folders with images"]}
+        loop = asyncio.get_running_loop()
+        try:
+            with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as ex:
+                out = await loop.run_in_executor(ex, jobs.build_own_templates, [str(f) for f in folders],
+                                                 str(s.template.folder), s.template.own_min_frames,
+                                                 s.template.own_max_frames, s.template.own_max_fwhm_ratio)
+        except Exception as e:  # the child died (memory, a signal) or could not start: say so, go on
+            why = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+            log.error("own templates: the build failed: %s", why)
+            await d.record_event("templates.own", f"build failed: {why}", level="ERROR")
+            return {"built": [], "skipped": [], "error": why}
+        text = (f"{len(out['built'])} template(s) built from {len(folders)} frame folder(s); "
+                f"{len(out['skipped'])} skipped")
+        log.info("own templates: %s", text)
+        for b in out["built"]:
+            log.info("own templates: %s from %d frames", b["path"], len(b["frames"]))
+        await d.record_event("templates.own", text, data={"built": out["built"], "skipped": out["skipped"][:50]})
+        return out
+
+    async def cache(self):
+        s = self.d.settings
+        out = await asyncio.to_thread(jobs.prune_cache, s.paths.cache, s.retention.cache_days)
+        if out["removed"]:
+            log.info("cache: removed %d file(s) unused for %g days (%.1f MB)", out["removed"],
+                     s.retention.cache_days, out["bytes"] / 1e6)
+        return out
+
+    async def status(self):
+        """The status file and systemd's STATUS line; also the scheduler's heartbeat."""
+        d = self.d
+        d.supervisor.beat("scheduler")
+        await d.refresh_status()
+
+    async def watchdog(self):
+        """Ping systemd's watchdog only while everything that must run is alive and iterating."""
+        d = self.d
+        d.supervisor.beat("scheduler")
+        problems = d.stall_problems()
+        if problems:
+            log.error("watchdog: %s; not pinging systemd", "; ".join(problems))
+            return False
+        d.notifier.watchdog()
+        self.last_ping = time.time()
+        return True
