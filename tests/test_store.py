@@ -133,3 +133,25 @@ def test_two_processes_writing_at_once(tmp_path):
     # a plain sqlite3 reader agrees
     conn = sqlite3.connect(path)
     assert conn.execute("SELECT COUNT(DISTINCT sha256) FROM frames").fetchone()[0] == 300
+
+
+def test_a_failed_commit_leaves_no_open_transaction(tmp_path):
+    """A COMMIT refused (here: a deferred foreign key broken at commit time) is rolled back,
+    so the next write transaction can begin (a full disk fails at COMMIT the same way)."""
+    import sqlite3
+
+    import pytest as _pytest
+
+    from stdd.store import Database
+
+    db = Database(tmp_path / "s.sqlite")
+    db.conn.execute("PRAGMA defer_foreign_keys = ON")
+    with _pytest.raises(sqlite3.IntegrityError):
+        with db.write() as conn:
+            conn.execute("PRAGMA defer_foreign_keys = ON")
+            conn.execute("INSERT INTO stage_runs (frame_id, stage, state) VALUES (999, 'inspect', 'running')")
+    assert not db.conn.in_transaction
+    with db.write() as conn:
+        conn.execute("INSERT INTO events (time, kind) VALUES (1, 'x')")
+    assert db.query_one("SELECT COUNT(*) AS n FROM stage_runs")["n"] == 0
+    db.close()

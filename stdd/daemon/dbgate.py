@@ -30,6 +30,9 @@ log = logging.getLogger("stdd.db")
 
 RETRY_FIRST = 0.5
 RETRY_MAX = 10.0
+#: a call that only reads (or writes nothing) proves little about a full disk: it clears a
+#: problem only when no write has failed for this long
+QUIET_CLEARS = 2 * RETRY_MAX
 
 
 def database_problem(exc: BaseException) -> str | None:
@@ -66,11 +69,12 @@ class DbGate:
         self._since: float | None = None
         self._last_error: str | None = None
         self._failures = 0
+        self._last_failure = 0.0
         self._waiting = 0
         self._call_started: float | None = None
 
     # -- calls ----------------------------------------------------------------------------
-    def _call(self, fn: Callable, args, kwargs):
+    def _call(self, fn: Callable, args, kwargs, wrote: bool = False):
         with self._lock:
             self._call_started = time.monotonic()
         try:
@@ -81,13 +85,17 @@ class DbGate:
         finally:
             with self._lock:
                 self._call_started = None
-        self._ok()
+        self.note_success(wrote)
         return out
 
     async def run(self, fn: Callable, *args, **kwargs) -> Any:
         """`fn(*args, **kwargs)` on the database thread."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, self._call, fn, args, kwargs)
+
+    async def _run_write(self, fn: Callable, *args, **kwargs) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self._call, fn, args, kwargs, True)
 
     async def write_until_done(self, what: str, fn: Callable, *args, beat: Callable[[], None] | None = None,
                                **kwargs) -> Any:
@@ -103,7 +111,7 @@ class DbGate:
                 if beat is not None:
                     beat()
                 try:
-                    out = await self.run(fn, *args, **kwargs)
+                    out = await self._run_write(fn, *args, **kwargs)
                 except Exception as e:
                     problem = database_problem(e)
                     if problem is None:
@@ -133,6 +141,11 @@ class DbGate:
 
     # -- state ----------------------------------------------------------------------------
     def _note(self, e: BaseException) -> None:
+        self.note_failure(e)
+
+    def note_failure(self, e: BaseException) -> None:
+        """A database call (here or in another thread of the daemon) failed; if it is about the
+        file, it is the current problem."""
         problem = database_problem(e)
         if problem is None:
             return
@@ -141,10 +154,16 @@ class DbGate:
                 self._problem = problem
                 self._since = time.time()
             self._last_error = f"{type(e).__name__}: {e}"
+            self._last_failure = time.monotonic()
             self._failures += 1
 
-    def _ok(self) -> None:
+    def note_success(self, wrote: bool = True) -> None:
+        """A call succeeded; one that wrote (or any, long after the last failure) ends the problem."""
         with self._lock:
+            if self._problem is None:
+                return
+            if not wrote and time.monotonic() - self._last_failure < QUIET_CLEARS:
+                return
             if self._problem is not None:
                 log.info("database: %s is over (it began %.1f s ago)", self._problem, time.time() - self._since)
             self._problem = None

@@ -54,6 +54,7 @@ class Dispatcher:
             frame = await d.gate.run(self._claim)
             if frame is None:
                 break
+            d.gate.note_success()  # a claim is a write that went through
             fid = frame["id"]
             try:
                 job = await d.gate.run(self.job_for, frame)

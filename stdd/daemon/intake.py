@@ -13,7 +13,7 @@ For each settled file, in a worker thread (never on the event loop):
 
 A file that cannot be recorded because the database refuses a write (locked by another
 process past the busy timeout, disk full) is not dropped: it goes back to the settle tracker
-and is tried again after `daemon.intake_retry_seconds` (doubling, up to a minute) — not at the
+and is tried again after `daemon.intake_retry_seconds` (doubling, up to 20 s) — not at the
 next rescan. The files known to be recorded (path → size, mtime) are remembered in a bounded
 LRU (`daemon.known_files_max`); one forgotten is found in the database when seen again.
 Rescans (a stat of every file in the folders) run in a thread.
@@ -26,7 +26,6 @@ import importlib
 import logging
 import os
 import shutil
-import sqlite3
 import tempfile
 import threading
 import uuid
@@ -36,18 +35,18 @@ from typing import TYPE_CHECKING
 
 from ..faults import fault_point
 from ..pipeline import publish
-from ..store import StoreError
 from ..watch.files import FileStat, SourceChanged, copy_and_hash, file_stat, fits_suffix, frame_stem
 from ..watch.fitscheck import check_fits
 from ..watch.settle import Settled, SettleTracker
 from ..watch.watcher import FolderWatcher
+from .dbgate import database_problem
 
 if TYPE_CHECKING:
     from .service import Daemon
 
 log = logging.getLogger("stdd.intake")
 
-RETRY_MAX_SECONDS = 60.0
+RETRY_MAX_SECONDS = 20.0
 
 
 @dataclass
@@ -223,9 +222,12 @@ class Intake:
             async with self._sem:
                 out = await asyncio.to_thread(self.examine, item)
         except Exception as e:  # the database refused, a bug, an odd filesystem: try again soon
-            log.error("intake: %s: %s: %s", item.path, type(e).__name__, e,
-                      exc_info=not isinstance(e, (OSError, sqlite3.Error, StoreError)))
-            out = Outcome("error", item.path, reason=f"{type(e).__name__}: {e}")
+            problem = database_problem(e)
+            if problem:
+                self.d.gate.note_failure(e)
+            reason = f"{problem}: {type(e).__name__}: {e}" if problem else f"{type(e).__name__}: {e}"
+            log.error("intake: %s: %s", item.path, reason, exc_info=problem is None)
+            out = Outcome("error", item.path, reason=reason)
         finally:
             self._inflight.discard(item.path)
         self._after(item, out)
@@ -236,6 +238,7 @@ class Intake:
             if out.stat is not None:
                 self._remember(item.path, out.stat)
         if out.kind == "queued":
+            self.d.gate.note_success()
             self.taken += 1
             self.d.wake_dispatcher()
         elif out.kind == "incomplete":
