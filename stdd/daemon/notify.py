@@ -36,6 +36,9 @@ class SystemdNotifier:
         try:
             if self._sock is None:
                 self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                # never block the event loop on a reader that does not keep up (a full queue
+                # drops this message; the next ping or status follows)
+                self._sock.setblocking(False)
             self._sock.sendto(msg, self.address)
             return True
         except OSError:
