@@ -21,12 +21,15 @@ from aiohttp import web
 
 from ..daemon import DaemonError
 from . import alerts_routes, auth, control_routes, frames_routes, status_routes
-from .appkeys import KEY_DAEMON, KEY_LAG, KEY_METRICS, KEY_OPEN_READS, KEY_READS, KEY_TOKEN
+from .appkeys import (KEY_DAEMON, KEY_DAEMON_CHECKS, KEY_DB_CHECK, KEY_LAG, KEY_METRICS, KEY_OPEN_READS, KEY_READS,
+                      KEY_TOKEN)
 from .daemon_view import database_path
+from .dbprobe import DatabaseCheck
 from .health import get_health
 from .lag import LagMonitor
 from .metrics import Metrics
 from .middleware import errors_middleware, quiet_bad_requests
+from .offloop import OffLoop
 from .reads import ReadPool
 
 log = logging.getLogger(__name__)
@@ -49,6 +52,8 @@ def create_app(daemon, *, token: str | None = None) -> web.Application:
     app[KEY_METRICS] = metrics
     app[KEY_LAG] = lag
     app[KEY_OPEN_READS] = http.open_reads
+    app[KEY_DB_CHECK] = DatabaseCheck(reads.database)
+    app[KEY_DAEMON_CHECKS] = OffLoop("daemon-checks")
 
     async def on_startup(app: web.Application) -> None:
         lag.start()

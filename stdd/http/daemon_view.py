@@ -102,3 +102,12 @@ def alert_stream_status(daemon) -> dict | None:
         if kafka is not None and callable(getattr(kafka, "status", None)):
             return kafka.status()
     return None
+
+
+def alert_service(daemon):
+    """The daemon's alerts service (the one named "alerts": `stdd.alerts.link.AlertLink`, which
+    holds the intakes as `.kafka` and `.drop` and the handler as `.service`), or None."""
+    for svc in getattr(daemon, "services", []):
+        if getattr(svc, "name", None) == "alerts":
+            return svc
+    return None
