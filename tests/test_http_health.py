@@ -13,6 +13,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -27,6 +28,7 @@ from stdd.daemon import Daemon
 from stdd.demo import DEMO_CONFIG
 from stdd.http.dbprobe import describe_error, probe
 from stdd.http.health import as_check
+from stdd.http.offloop import OffLoop, Overdue
 
 # a second process: takes the whole file, says so, and keeps it until its stdin closes
 HOLD_EXCLUSIVE = """
@@ -204,3 +206,26 @@ def test_checks_are_normalised():
     assert as_check("x", {"ok": False, "detail": "stalled since 21:10"}) == {"ok": False, "detail": "stalled since 21:10"}
     assert as_check("loops", "fine") == {"ok": False, "detail": "loops: the check gave str, not an object"}
     assert as_check("x", {})["detail"] == "x is not ok (no detail given)"
+
+
+async def test_a_stuck_call_costs_one_thread_and_every_caller_gets_its_answer_in_time():
+    release, calls = threading.Event(), []
+
+    def stuck():
+        calls.append(threading.current_thread().name)
+        release.wait(10)
+        return "late"
+
+    off = OffLoop("test")
+    t0 = time.monotonic()
+    with pytest.raises(Overdue) as first:
+        await off.call(stuck, 0.2)
+    with pytest.raises(Overdue) as second:  # still running: waited for, not started again
+        await off.call(stuck, 0.2)
+    assert time.monotonic() - t0 < 1.0 and len(calls) == 1 and off.busy
+    assert second.value.running_seconds >= 0.2 and "did not answer within 0.2 s" in str(first.value)
+    release.set()
+    assert await off.call(stuck, 1.0) == "late"  # the one in flight, now done
+    assert await off.call(lambda: 42, 1.0) == 42 and not off.busy
+    with pytest.raises(ZeroDivisionError):
+        await off.call(lambda: 1 / 0, 1.0)
