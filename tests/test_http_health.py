@@ -24,6 +24,7 @@ import pytest
 
 from daemon_harness import ROOT, DaemonProcess, config_text
 from http_env import AlertServiceBeside, make_settings, running_daemon
+from pool_stages import write_frame
 from stdd.daemon import Daemon
 from stdd.demo import DEMO_CONFIG
 from stdd.http.dbprobe import describe_error, probe
@@ -103,6 +104,29 @@ def test_health_answers_within_a_second_while_another_process_holds_the_database
             time.sleep(0.1)
         assert status == 200 and body["checks"]["database"]["ok"] is True and seconds < 1.0, body
     finally:
+        assert d.stop() == 0, d.log()[-3000:]
+
+
+@pytest.mark.skipif(not callable(getattr(Daemon, "health", None)),
+                    reason="needs the daemon's writes off its event loop (comes with daemon.health()): this daemon "
+                           "claims a frame on the loop, which then waits out the lock")
+def test_health_answers_within_a_second_while_a_frame_arrives_at_a_locked_database(tmp_path):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/health"
+    d = DaemonProcess(tmp_path, config=with_http(config_text(), port)).start()
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_EXCLUSIVE, str(d.db_path)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        write_frame(d.incoming / "a.fits", 1)  # the daemon now wants to write
+        time.sleep(2.0)
+        for _ in range(3):
+            status, body, seconds = get_health(url)
+            assert seconds < 1.0 and status == 503, (seconds, body)
+            assert body["checks"]["database"]["problem"] == "database locked"
+    finally:
+        holder.stdin.close()
+        holder.wait(10)
         assert d.stop() == 0, d.log()[-3000:]
 
 
