@@ -47,6 +47,7 @@ async def test_alert_stream_health_and_alerts_from_kafka(tmp_path, broker, share
             body = await wait_for(connected, 30, "the Kafka intake connected")
             stream = body["checks"]["alert_stream"]
             assert stream["ok"] is False and stream["last_heartbeat"] is None  # connected, but no heartbeat yet
+            assert "no heartbeat on gcn.heartbeat yet" in stream["detail"], stream
             assert (await health())[0] == 503
 
             produce(broker, HB, json.dumps({"alert_datetime": "2026-01-01T00:00:01Z"}).encode())
@@ -56,6 +57,7 @@ async def test_alert_stream_health_and_alerts_from_kafka(tmp_path, broker, share
                 return status == 200 and body
             body = await wait_for(healthy, 30, "a heartbeat making the stream healthy")
             assert body["checks"]["alert_stream"]["heartbeat_age_seconds"] < 30
+            assert body["checks"]["alert_stream"]["detail"].startswith("connected to ")
             async with s.get(svc.url + "/metrics") as r:
                 text = await r.text()
             assert 'stdd_health_check{check="alert_stream"} 1.0' in text

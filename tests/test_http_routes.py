@@ -129,7 +129,7 @@ async def test_health_all_checks(env):
     status, body, _ = await env.get("/health")
     assert status == 200 and body["ok"] is True
     assert {"database", "workers", "watcher", "event_loop"} <= set(body["checks"])
-    assert all(c["ok"] for c in body["checks"].values())
+    assert all(c["ok"] is True and isinstance(c["detail"], str) and c["detail"] for c in body["checks"].values())
     assert body["checks"]["workers"]["slots"] == 2
     assert "alert_stream" not in body["checks"]  # alerts are off in this config
 

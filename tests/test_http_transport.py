@@ -42,7 +42,8 @@ async def test_unix_socket_closed_reads_and_health_503(settings, tmp_path):
         with pytest.raises(ApiError) as e:
             await asyncio.to_thread(client.get, "/health")
         assert e.value.status == 503
-        assert e.value.body["checks"]["watcher"] == {"ok": False, "alive": False, "mode": "inotify"}
+        assert e.value.body["checks"]["watcher"] == {"ok": False, "alive": False, "mode": "inotify",
+                                                     "detail": "the folder watcher is not running"}
         assert e.value.body["checks"]["database"]["ok"] is True
 
         async def metric_says_down():

@@ -367,7 +367,7 @@ def test_workers_setting_caps_frames_in_flight_and_zero_means_the_whole_cluster(
     assert ex.free_slots() == 12 and ex.status()["workers"] == 12
     ex.configure(workers=3, stage_timeout=60, stage_timeouts={"photometry": 600.0}, kill_grace=2,
                  frames_per_process=5, process_max_rss_mb=1500)
-    assert ex.free_slots() == 3 and ex._worker_settings() == {
+    assert ex.free_slots() == 3 and ex.worker_settings() == {
         "stage_timeout": 60.0, "stage_timeouts": {"photometry": 600.0}, "kill_grace": 2.0,
         "frames_per_process": 5, "process_max_rss_mb": 1500.0}
     ex.cluster_threads = 2

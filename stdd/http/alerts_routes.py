@@ -25,8 +25,10 @@ from ..pipeline import RESULT_FILE
 from ..store import FrameStore
 from ..store.alerts import AlertStore
 from ..store.stats import Stats
-from .app import (KEY_DAEMON, KEY_READS, MAX_LIMIT, HttpError, _int_param, _since_param,
-                  alert_handler, json_response, serialised)
+from .appkeys import KEY_DAEMON, KEY_READS
+from .daemon_view import alert_handler
+from .params import MAX_LIMIT, int_param, since_param
+from .responses import HttpError, json_response, serialised
 
 #: the columns of an alert in lists (the region, the parsed notice and any skymap are left out)
 LIST_KEYS = ("id", "ivorn", "event_id", "mission", "instrument", "notice_type", "role", "time", "ra", "dec",
@@ -40,7 +42,8 @@ MAX_CANDIDATES = 1000
 MOC_SHOWN = 2000
 
 
-def _light(row: dict) -> dict:
+def list_row(row: dict) -> dict:
+    """An alert as lists show it (LIST_KEYS only)."""
     return {k: row.get(k) for k in LIST_KEYS}
 
 
@@ -71,7 +74,7 @@ def _alert_list(reads, live: bool | None, state: str | None, since: float | None
         rows = store.list_alerts(limit=offset + limit, since=since, state=state)[offset:]
         total = stats.alerts_total(state=state, since=since)
     nxt = offset + len(rows) if offset + len(rows) < total else None
-    return {"alerts": [_light(r) for r in rows], "total": total, "limit": limit, "offset": offset,
+    return {"alerts": [list_row(r) for r in rows], "total": total, "limit": limit, "offset": offset,
             "next_offset": nxt}
 
 
@@ -167,9 +170,9 @@ async def get_alerts(request: web.Request) -> web.Response:
     state = request.query.get("state")
     if state is not None and state not in ALERT_STATES:
         raise HttpError(400, f"state must be one of {', '.join(ALERT_STATES)}, got {state!r}")
-    since = _since_param(request)
-    limit = _int_param(request, "limit", 100, 1, MAX_LIMIT)
-    offset = _int_param(request, "offset", 0, 0, MAX_OFFSET)
+    since = since_param(request)
+    limit = int_param(request, "limit", 100, 1, MAX_LIMIT)
+    offset = int_param(request, "offset", 0, 0, MAX_OFFSET)
     reads = request.app[KEY_READS]
     return json_response(await reads.run(serialised, _alert_list, reads, live, state, since, limit, offset))
 
@@ -221,7 +224,7 @@ async def post_alert(request: web.Request) -> web.Response:
         await reprioritize()
     reads = request.app[KEY_READS]
     row = await reads.query(lambda db: AlertStore(db).get_alert(outcome.alert_id)) if outcome.alert_id else None
-    body: dict[str, Any] = {**outcome.to_dict(), "alert": _light(row) if row else None,
+    body: dict[str, Any] = {**outcome.to_dict(), "alert": list_row(row) if row else None,
                             "created": outcome.state == "parsed"}
     return json_response(body, status=201 if outcome.state == "parsed" else 200)
 

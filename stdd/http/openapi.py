@@ -127,12 +127,32 @@ def document(version: str) -> dict[str, Any]:
             },
         },
         "Health": {
-            "type": "object", "required": ["ok", "checks"],
+            "type": "object", "required": ["ok", "checks", "version"],
+            "description": "`ok` is true when every check is ok (then 200, else 503).",
             "properties": {
                 "ok": {"type": "boolean"}, "version": {"type": "string"},
-                "checks": {"type": "object", "additionalProperties": {
-                    "type": "object", "required": ["ok"], "additionalProperties": True,
-                    "properties": {"ok": {"type": "boolean"}}}},
+                "checks": {
+                    "type": "object",
+                    "description": (
+                        "By name: `database` (the state file read, and its write lock free, on the endpoint's "
+                        "own connection within 0.5 s; `problem`: database locked, disk full, read-only, "
+                        "database missing, cannot open, database corrupt, I/O error, not answering, error; "
+                        "`since`: when that problem was first seen), `workers`, `watcher`, `event_loop`, "
+                        "`alert_stream` (only with alerts enabled: the Kafka consumer, or with "
+                        "alerts.kafka.enabled = false the drop-folder intake), and those of the daemon's own "
+                        "health() (e.g. `loops`, `database_writes`, one per service), prefixed `daemon.` where "
+                        "a name is already taken."),
+                    "additionalProperties": _ref("Check"),
+                },
+            },
+        },
+        "Check": {
+            "type": "object", "required": ["ok", "detail"], "additionalProperties": True,
+            "properties": {
+                "ok": {"type": "boolean"},
+                "detail": {"type": "string", "description": "what was found, in words (why, when not ok)"},
+                "problem": {"description": "the database check's problem, by name (a string)"},
+                "since": {"description": "when the problem was first seen (the database check: ISO 8601 UTC)"},
             },
         },
         "Paused": {"type": "object", "required": ["paused", "state"],
@@ -186,7 +206,8 @@ def document(version: str) -> dict[str, Any]:
             "responses": {"200": {"description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}},
                           **COMMON_ERRORS}}},
         "/health": {"get": {
-            "summary": "Checks: database, workers, watcher, alert stream, event loop",
+            "summary": "Checks: database, workers, watcher, alert stream, event loop, the daemon's own; "
+                       "answers within a second",
             "security": OPEN, "tags": ["status"],
             "responses": {"200": _json(_ref("Health"), "all checks pass"),
                           "503": _json(_ref("Health"), "a check fails"), **COMMON_ERRORS}}},
