@@ -337,7 +337,7 @@ class DaemonSettings(Section):
                                "it is retried (the daemon retries; nothing is dropped)")
     intake_retry_seconds: float = Field(
         3.0, gt=0, description="a file that could not be recorded (database locked, disk full) is tried "
-                               "again after this long (doubling up to a minute)")
+                               "again after this long (doubling up to 20 s)")
     known_files_max: int = Field(
         100_000, ge=100, description="files remembered in memory as already seen (size and mtime); older "
                                      "ones are checked against the database when seen again")
