@@ -8,7 +8,9 @@ SQLite I/O. Its parts, one module each:
 - `outcomes.py`  files around a frame's end (source after success, outcome folders, recovery);
 - `schedule.py`  scheduled jobs (rescan, retention, summary, status file, watchdog ping);
 - `supervise.py` every loop kept running and watched (heartbeats, backoff, restarts);
-- `dbgate.py`    every database call on one thread of its own, and what is wrong with the file.
+- `dbgate.py`    every database call on one thread of its own, and what is wrong with the file;
+- `health.py`    what the daemon says about itself (health checks, status file and line);
+- `control.py`   requests from outside (submit, cancel, retry, reload, re-rank the queue).
 
 The endpoint (and any other in-process client) uses the methods in the "API" section; they
 are safe to call from the event loop's thread. Anything started with the daemon and stopped
@@ -18,9 +20,7 @@ part of `health()` and of the watchdog's judgement.
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import gc
-import json
 import logging
 import os
 import signal
@@ -29,20 +29,18 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .. import __version__
-from ..config import ConfigError, Settings, load_settings
-from ..pipeline import ORIGINAL_PREFIX, STAGE_NAMES, select_steps
+from ..config import Settings
 from ..pool import Executor, make_executor
 from ..stages.profiles import ProfileSet, load_profiles
-from ..store import Database, EventLog, FrameStore, TERMINAL
-from ..watch.files import file_stat
-from ..watch.fitscheck import check_fits
-from ..watch.settle import Settled
+from ..store import Database, EventLog, FrameStore
 from . import outcomes
+from .control import Control
 from .dbgate import DbGate
 from .dispatch import Dispatcher
+from .health import HealthReport
 from .hooks import NoRegions, RegionProvider, Service
-from .intake import Intake, spool_path
-from .logs import setup_logging
+from .instance_lock import InstanceLock, InstanceLocked
+from .intake import Intake
 from .notify import SystemdNotifier
 from .recording import Recorder
 from .schedule import Scheduler
@@ -53,10 +51,6 @@ log = logging.getLogger("stdd.daemon")
 
 class DaemonError(Exception):
     """The daemon cannot start (another instance holds the database, a folder is not writable...)."""
-
-
-class SubmitError(Exception):
-    """A submitted file cannot be taken; the message says why."""
 
 
 class Daemon:
@@ -82,6 +76,8 @@ class Daemon:
         self.dispatcher = Dispatcher(self)
         self.recorder = Recorder(self)
         self.scheduler = Scheduler(self)
+        self.report = HealthReport(self)
+        self.control = Control(self)
         self.state = "starting"
         self.paused_reason: str | None = None
         self.started_at: float | None = None
@@ -90,8 +86,8 @@ class Daemon:
         self.wake_event: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
-        self._lock_fh = None
-        self._status_line_text = "starting"
+        self.instance_lock = InstanceLock(self.db_path)
+        self.status_line_text = "starting"
         self._background: set[asyncio.Task] = set()
 
     # =====================================================================================
@@ -106,69 +102,15 @@ class Daemon:
         return self.recorder.finished_count
 
     def status(self) -> dict[str, Any]:
-        """What `stdd status --json` shows: state, frames per state, pool, intake. It reads the
-        database: call it from a thread (`refresh_status` does)."""
-        s = self.settings
-        return {
-            "state": self.state,
-            "paused_reason": self.paused_reason,
-            "pid": os.getpid(),
-            "version": __version__,
-            "started_at": self.started_at,
-            "uptime_seconds": round(time.time() - self.started_at, 1) if self.started_at else None,
-            "config": str(self.config_path) if self.config_path else None,
-            "database": str(self.db_path),
-            "frames": self.frames.counts() if self.frames else {},
-            "pool": self.pool.status() if self.pool else None,
-            "intake": {
-                "folders": [str(p) for p in s.paths.incoming],
-                "mode": "polling" if s.watch.poll else "inotify",
-                "watching": bool(self.intake.watcher and self.intake.watcher.alive),
-                "settling": len(self.intake.tracker) if self.intake.tracker else 0,
-                "taken": self.intake.taken,
-            },
-            "services": [getattr(x, "name", type(x).__name__) for x in self.services],
-            "health": self.health(),
-            "updated_at": time.time(),
-        }
+        """What `stdd status --json` shows (reads the database: call it from a thread)."""
+        return self.report.status()
 
     def health(self) -> dict[str, dict]:
-        """In-memory checks, safe from any thread, never blocking: the supervised loops, the
-        database as the daemon's writes find it, and every service that reports its health."""
-        loops = self.supervisor.snapshot()
-        stalled = [n for n, x in loops.items() if x["stalled"]]
-        failing = [f"{n} ({x['last_error']})" for n, x in loops.items() if x["failing_since"] is not None]
-        if stalled:
-            detail = "stalled: " + ", ".join(f"{n} (no iteration for {loops[n]['last_beat_age_seconds']:.0f} s)"
-                                             for n in stalled)
-        elif failing:
-            detail = "failing and retrying: " + "; ".join(failing)
-        else:
-            detail = f"{len(loops)} loops iterating"
-        checks = {"loops": {"ok": not stalled and not failing, "stalled": stalled, "detail": detail,
-                            "loops": loops},
-                  "database_writes": self.gate.health()}
-        for svc in self.services:
-            fn = getattr(svc, "health", None)
-            if callable(fn):
-                name = getattr(svc, "name", type(svc).__name__)
-                try:
-                    checks[f"service:{name}"] = dict(fn())
-                except Exception as e:  # noqa: BLE001 — a broken health() is itself unhealthy
-                    checks[f"service:{name}"] = {"ok": False, "detail": f"health() failed: {e}"}
-        return checks
+        """In-memory checks, safe from any thread, never blocking (see health.py)."""
+        return self.report.checks()
 
     def stall_problems(self) -> list[str]:
-        """What should make systemd restart us: a hung loop or service, a dead pool or watcher.
-        (A database that is locked or full is not: a restart would not help, and the writes are
-        being retried.)"""
-        out = [f"loop {n} stalled" for n in self.supervisor.stalled()]
-        if self.pool is None or not self.pool.alive:
-            out.append("the pool is not alive")
-        for name, check in self.health().items():
-            if name.startswith("service:") and check.get("stalled"):
-                out.append(f"{name[8:]} stalled: {check.get('detail')}")
-        return out
+        return self.report.stall_problems()
 
     def pause(self, reason: str = "paused by request") -> None:
         """Stop starting frames (running ones go on; the watcher keeps recording new ones)."""
@@ -191,118 +133,24 @@ class Daemon:
         self.wake_dispatcher()
 
     async def submit(self, path: str | os.PathLike, steps: list[str] | None = None, priority: int = 0) -> dict:
-        """Queue a file given by path (anywhere readable; it must be a whole FITS file now).
-        Returns the frame row; identical content already recorded returns that frame, with
-        `duplicate: true`. Raises SubmitError with the reason otherwise."""
-        path = Path(path).absolute()
-        st = await asyncio.to_thread(file_stat, path)
-        if st is None:
-            raise SubmitError(f"{path}: no such file")
-        if steps:
-            try:
-                steps = select_steps(steps)
-            except ValueError as e:
-                raise SubmitError(str(e)) from None
-        check = await asyncio.to_thread(check_fits, path)
-        if not check.ok:
-            raise SubmitError(f"{path}: {check.reason}")
-        out = await asyncio.to_thread(self.intake.examine, Settled(path, st), steps=steps, priority=priority,
-                                      force=True)
-        if out.kind == "queued":
-            self.wake_dispatcher()
-            return {**out.frame, "duplicate": False}
-        if out.kind == "duplicate":
-            return {**out.frame, "duplicate": True}
-        raise SubmitError(f"{path}: {out.reason or out.kind}")
+        """Queue a file given by path (control.py)."""
+        return await self.control.submit(path, steps, priority)
 
     async def cancel(self, frame_id: int, reason: str = "cancelled by request") -> dict:
-        """Cancel a queued or running frame. Returns {'frame_id', 'state'} (the state after)."""
-        frame = await self._frame_or_raise(frame_id)
-        if frame["state"] == "queued" and await self.gate.run(self.frames.cancel_queued, frame_id, reason):
-            log.info("frame=%d cancelled while queued", frame_id)
-            await self.publish_outcome(frame_id, "cancelled", reason)
-            return {"frame_id": frame_id, "state": "cancelled"}
-        if self.pool is not None and self.pool.cancel(frame_id, reason):
-            log.info("frame=%d cancel requested: killing its process group", frame_id)
-            return {"frame_id": frame_id, "state": "cancelling"}
-        return {"frame_id": frame_id, "state": (await self.gate.run(self.frames.get, frame_id))["state"]}
+        """Cancel a queued or running frame (control.py)."""
+        return await self.control.cancel(frame_id, reason)
 
     async def retry(self, frame_id: int, from_stage: str | None = None) -> dict:
-        """Queue a finished frame again, with a fresh attempt count. From a stage: earlier
-        stages' products in its work folder are kept (when the folder is still there)."""
-        frame = await self._frame_or_raise(frame_id)
-        if frame["state"] not in TERMINAL:
-            raise SubmitError(f"frame {frame_id} is {frame['state']}, not finished")
-        steps = None
-        options = dict(frame.get("options") or {})
-        options.pop("keep_folder", None)
-        if from_stage:
-            if from_stage not in STAGE_NAMES:
-                raise SubmitError(f"unknown stage {from_stage!r}; stages are {', '.join(STAGE_NAMES)}")
-            configured = frame.get("steps") or list(self.settings.pipeline.steps)
-            steps = [s for s in select_steps(configured) if STAGE_NAMES.index(s) >= STAGE_NAMES.index(from_stage)]
-            if not steps:
-                raise SubmitError(f"stage {from_stage} is not among this frame's steps ({', '.join(configured)})")
-            work = Path(frame["work_dir"]) if frame.get("work_dir") else None
-            kept = work is not None and await asyncio.to_thread(lambda: any(work.glob(f"{ORIGINAL_PREFIX}.*")))
-            if kept and steps[0] != select_steps(configured)[0]:
-                options["keep_folder"] = True
-            else:
-                steps = None if frame.get("steps") is None else configured
-        frame = await self.gate.run(self._retry_tx, frame_id, options or None, steps)
-        log.info("frame=%d retry requested%s", frame_id, f" from {from_stage}" if from_stage else "")
-        self.wake_dispatcher()
-        return frame
-
-    def _retry_tx(self, frame_id: int, options: dict | None, steps: list[str] | None) -> dict:
-        with self.db.write():
-            self.frames.set_options(frame_id, options)
-            self.frames.retry(frame_id, steps)
-            return self.frames.get(frame_id)
+        """Queue a finished frame again, maybe from a stage (control.py)."""
+        return await self.control.retry(frame_id, from_stage)
 
     def reload(self) -> tuple[bool, list[str]]:
-        """Re-read the config file. An invalid file changes nothing and every error is logged."""
-        if self.config_path is None:
-            msg = "reload: the daemon was started without a config file; nothing to reload"
-            log.error(msg)
-            return False, [msg]
-        self.notifier.reloading()
-        try:
-            new = load_settings(self.config_path)
-            profiles = load_profiles(new)
-        except ConfigError as e:
-            for line in e.errors:
-                log.error("reload: %s", line)
-            log.error("reload: %d error(s) in %s; the running config stays", len(e.errors), self.config_path)
-            self.record_event_soon("daemon.reload_failed", f"{len(e.errors)} error(s) in {self.config_path}",
-                                   data={"errors": e.errors}, level="ERROR")
-            self.notifier.notify(READY=1, STATUS="reload failed; running with the previous config")
-            return False, list(e.errors)
-        old, self.settings, self.profiles = self.settings, new, profiles
-        self._apply(old, new)
-        log.info("reload: %s loaded", self.config_path)
-        self.record_event_soon("daemon.reloaded", f"config {self.config_path} reloaded")
-        self.notifier.notify(READY=1, STATUS=self._status_line_text)
-        return True, []
+        """Re-read the config file; an invalid one changes nothing (control.py)."""
+        return self.control.reload()
 
     async def reprioritize(self) -> int:
-        """Ask the region provider again for every queued frame (call when alerts change).
-        Returns how many frames changed priority."""
-        changed = 0
-        for frame in await self.gate.run(self.frames.queued):
-            path = spool_path(self.spool, frame["sha256"], frame["name"])
-            try:
-                prio, alert_ids = await asyncio.to_thread(self.region_provider.frame_priority, path)
-            except Exception as e:
-                log.warning("frame=%d region provider failed: %s", frame["id"], e)
-                continue
-            if prio > (frame.get("priority") or 0) or alert_ids:
-                for alert_id in alert_ids or [None]:
-                    await self.gate.run(self.frames.set_priority, frame["id"], prio, alert_id)
-                changed += 1
-        if changed:
-            log.info("reprioritized %d queued frame(s)", changed)
-        return changed
+        """Ask the region provider again for every queued frame (control.py)."""
+        return await self.control.reprioritize()
 
     def add_service(self, service: Service) -> None:
         self.services.append(service)
@@ -350,9 +198,9 @@ class Daemon:
 
     async def refresh_status(self) -> None:
         """The status file and systemd's STATUS line (database read and file write off the loop)."""
-        text = await asyncio.to_thread(self._write_status)
+        text = await asyncio.to_thread(self.report.write_status)
         if text:
-            self._status_line_text = text
+            self.status_line_text = text
             self.notifier.status(text)
 
     async def _loop_error(self, name: str, text: str, run: int) -> None:
@@ -360,12 +208,6 @@ class Daemon:
         if run == 1 or run % 10 == 0:
             await self.record_event("daemon.loop_error", f"{name}: {text}" + (f" ({run} in a row)" if run > 1 else ""),
                                     data={"loop": name, "consecutive": run}, level="ERROR")
-
-    async def _frame_or_raise(self, frame_id: int) -> dict:
-        frame = await self.gate.run(self.frames.get, int(frame_id))
-        if frame is None:
-            raise SubmitError(f"no frame {frame_id}")
-        return frame
 
     # =====================================================================================
     # life cycle
@@ -398,7 +240,10 @@ class Daemon:
                 folder.mkdir(parents=True, exist_ok=True)
             except OSError as e:
                 raise DaemonError(f"cannot create {folder}: {e.strerror}") from None
-        self._take_lock()
+        try:
+            self.instance_lock.take()
+        except InstanceLocked as e:
+            raise DaemonError(str(e)) from None
         self.db = await self.gate.run(Database, self.db_path,
                                       busy_timeout_ms=int(s.daemon.db_busy_timeout_seconds * 1000))
         self.frames = FrameStore(self.db)
@@ -422,8 +267,8 @@ class Daemon:
             await svc.start(self)
         await self.record_event("daemon.started", f"stdd {__version__} started (pid {os.getpid()})")
         await self.refresh_status()
-        log.info("started: pid %d, %s, database %s", os.getpid(), self._status_line_text, self.db_path)
-        self.notifier.ready(self._status_line_text)
+        log.info("started: pid %d, %s, database %s", os.getpid(), self.status_line_text, self.db_path)
+        self.notifier.ready(self.status_line_text)
         # everything imported at start-up lives as long as the daemon: out of the collector's
         # reach, a full collection no longer walks it (shorter pauses of the event loop)
         gc.collect()
@@ -471,13 +316,13 @@ class Daemon:
         for task in list(self._background):
             await asyncio.gather(task, return_exceptions=True)
         self.state = "stopped"
-        if self._lock_fh is not None:  # never overwrite another daemon's status
-            await asyncio.to_thread(self._write_status)
+        if self.instance_lock.held:  # never overwrite another daemon's status
+            await asyncio.to_thread(self.report.write_status)
         if self.db is not None:
             await self.gate.run(self.db.close)
             self.db = None
         self.gate.close()
-        self._release_lock()
+        self.instance_lock.release()
         self.notifier.close()
         if self._loop is not None:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -494,29 +339,6 @@ class Daemon:
         if clean:
             self.events.add("daemon.stopped", "stopped cleanly")
 
-    def _take_lock(self) -> None:
-        """One daemon per database: an exclusive lock on `<database>.lock`."""
-        lock = self.db_path.with_name(self.db_path.name + ".lock")
-        lock.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(lock, "a+")
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            other = fh.read().strip() or "?"
-            fh.close()
-            raise DaemonError(f"another stdd daemon (pid {other}) is running on {self.db_path}") from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(str(os.getpid()))
-        fh.flush()
-        self._lock_fh = fh
-
-    def _release_lock(self) -> None:
-        if self._lock_fh is not None:
-            self._lock_fh.close()
-            self._lock_fh = None
-
     def _install_signals(self) -> None:
         loop = self._loop
         try:
@@ -530,51 +352,6 @@ class Daemon:
         log.info("SIGHUP: reloading %s", self.config_path)
         if self.events is not None:
             self.reload()
-
-    def _apply(self, old: Settings, new: Settings) -> None:
-        setup_logging(new.log_level)
-        p = new.pool
-        self.pool.configure(workers=p.effective_workers, stage_timeout=p.stage_timeout_seconds,
-                            stage_timeouts=dict(p.stage_timeouts), kill_grace=p.kill_grace_seconds,
-                            frames_per_process=p.frames_per_process, process_max_rss_mb=p.process_max_rss_mb)
-        self.intake.reconfigure(old, new)
-        if old.paths.database != new.paths.database or old.paths.var != new.paths.var:
-            log.warning("reload: paths.database and paths.var take effect at the next start")
-        if old.pool.executor != new.pool.executor:
-            log.warning("reload: pool.executor takes effect at the next start")
-        self.scheduler.schedule(replace=True)
-        self.wake_dispatcher()
-
-    def _write_status(self) -> str | None:
-        """`<database>.daemon.json`: what `stdd status` shows about the daemon itself. Runs in
-        a thread; returns the status line (None when the database could not be read)."""
-        line = None
-        try:
-            data = self.status() if self.frames is not None and self.db is not None else {
-                "state": self.state, "pid": os.getpid(), "updated_at": time.time()}
-            line = self._status_line(data)
-        except Exception as e:  # noqa: BLE001 — the database may be locked: say what we know
-            data = {"state": self.state, "pid": os.getpid(), "updated_at": time.time(),
-                    "health": self.health(), "error": f"{type(e).__name__}: {e}"}
-        try:
-            tmp = self.status_path.with_name(f".{self.status_path.name}.{os.getpid()}")
-            tmp.write_text(json.dumps(data, default=str, indent=1))
-            os.replace(tmp, self.status_path)
-        except OSError as e:
-            log.debug("cannot write %s: %s", self.status_path, e)
-        return line
-
-    def _status_line(self, data: dict) -> str:
-        c = data.get("frames") or {}
-        running = len(self.pool.running_ids()) if self.pool else 0
-        text = (f"{self.state}; {c.get('queued', 0)} queued, {running} running, {c.get('done', 0)} done, "
-                f"{c.get('failed', 0)} failed")
-        if self.paused_reason:
-            text += f"; paused: {self.paused_reason}"
-        problem = self.gate.problem()
-        if problem:
-            text += f"; {problem}"
-        return text
 
 
 def run_daemon(settings: Settings, config_path: Path | None = None, services: Iterable[Service] = (),

@@ -27,6 +27,12 @@ per-stage timeout (SIGTERM to the process group, SIGKILL after `kill_grace`), no
 (the process sentinel: SIGKILL, segfault, out of memory), and always SIGKILLs what is left of
 a group when its leader ends, so no stage program outlives its frame. The daemon talks to it
 through the `Executor` calls only; all of them return at once except `shutdown`.
+
+Why this module is long: one supervisor thread owns every frame process, its pipes, its timers and
+the fork server's life; the states a slot goes through (starting, running a stage, idle for reuse,
+killed, reaped) are one state machine whose transitions must happen under one lock. Split across
+modules, each transition would be half here and half there; the process helpers it can do without
+(process groups, stale-group killing, the warm-up) are already in procs.py and warmup.py.
 """
 from __future__ import annotations
 

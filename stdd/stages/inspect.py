@@ -9,6 +9,11 @@ name and why it was chosen are recorded) is consulted first for gain and saturat
 the source of each value is recorded; an unknown filter is an error naming the header value; the
 time is mid-exposure; a header TARGET/OBJECT never switches the mode (targets come only from
 settings and alert regions).
+
+Why this module is long: inspect is one pass over a frame in STDWeb's order (load, header fixes,
+gain and saturation with their sources, filter, time, masks, cosmic rays, WCS check, footprint,
+target cutout), each step reading what the previous one decided; the reusable parts live beside it
+(header.py, filters.py, profiles.py, measure.py).
 """
 from __future__ import annotations
 

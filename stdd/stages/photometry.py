@@ -11,6 +11,11 @@ of clean bright stars; aperture photometry in `rel_aper`·FWHM (at least `min_ap
 local annulus `rel_bg1`..`rel_bg2`·FWHM; astrometry (astrometry.py: checked, refined, repaired or
 blind-solved); robust zero-point fit with spatial polynomial and colour term; limit; forced
 photometry of every target.
+
+Why this module is long: the stage is STDWeb's photometry sequence with the state it threads through
+(objects, FWHM, apertures, WCS, catalogue, zero-point model, limit, targets); the self-contained
+parts are already their own modules (astrometry.py, zeropoint.py, products.py, background.py), and
+what remains is the sequence itself.
 """
 from __future__ import annotations
 

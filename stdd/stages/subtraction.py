@@ -15,6 +15,12 @@ Detection mode: SExtractor on the difference with its noise map, calibrated with
 point, flag and mask cuts, and a dipole test (a candidate that a sub-pixel shift and a ≤10 % flux
 scaling of the convolved template explain is a subtraction residual, not a transient). Target
 mode: forced photometry of every target on the difference (all targets, not only the first).
+
+Why this module is long: template, tiling, per-tile subtraction (three methods), candidate detection
+with its cuts and the dipole test, merging and forced photometry share the tile geometry and the
+frame's calibration; tile scheduling is in threads.py and the shared candidate cuts in
+transients.py. A further split (template preparation, candidate detection) is planned with the per-
+frame settings work (issue 15).
 """
 from __future__ import annotations
 
@@ -35,7 +41,7 @@ from .base import StageError, StageSettings
 from .measure import measure
 from .products import (guarded, StageRun, ds9_regions, finite_or_none, read_json, write_fits, write_json, write_table,
                        write_text)
-from .transients import _touches, candidate_rows, write_cutout
+from .transients import touches, candidate_rows, write_cutout
 from .zeropoint import ZeroPointModel
 
 STAGE = "subtraction"
@@ -606,10 +612,10 @@ def _detect(run, settings, diff, noise, img_bs, conv, badmask, bits, wcs, zp, fw
     gx, gy = np.asarray(obj["x"], float) + ox0, np.asarray(obj["y"], float) + oy0
     keep &= (gx >= x0) & (gx < x1) & (gy >= y0) & (gy < y1)
     keep &= (np.asarray(obj["flags"]) & ~(0x02 | 0x100)) == 0
-    keep &= ~_touches(bits, obj, 8, p.cosmic_dilate, aper)
-    keep &= ~_touches(bits, obj, 2, max(1, int(round(fwhm))), aper)
+    keep &= ~touches(bits, obj, 8, p.cosmic_dilate, aper)
+    keep &= ~touches(bits, obj, 2, max(1, int(round(fwhm))), aper)
     # residuals ring the masked cores of bright template stars, and the halos of bright stars
-    keep &= ~_touches(badmask.astype(np.uint8), obj, 1, max(1, int(round(fwhm))), aper)
+    keep &= ~touches(badmask.astype(np.uint8), obj, 1, max(1, int(round(fwhm))), aper)
     if stars is not None and len(stars):
         keep &= ~_in_halo(obj, stars, origin, fwhm, float(np.nanmedian(e)))
     if tobj is not None and len(tobj):

@@ -74,8 +74,8 @@ def _transients(run: StageRun, settings: StageSettings):
     snr = np.asarray(obj["snr"], float)
     drop((flags & ~(ALLOWED_FLAGS | FLAG_OUTLIER | 0x2000)) != 0, "flagged")
     drop(((flags & FLAG_OUTLIER) != 0) & (snr > p.simple_bright_shape_cut_sn), "shape outlier (bright)")
-    drop(_touches(bits, obj, 8, p.cosmic_dilate, aper), "on a cosmic ray")
-    drop(_touches(bits, obj, 2, max(1, int(round(fwhm))), aper), "near saturated pixels")
+    drop(touches(bits, obj, 8, p.cosmic_dilate, aper), "on a cosmic ray")
+    drop(touches(bits, obj, 2, max(1, int(round(fwhm))), aper), "near saturated pixels")
 
     mag = np.asarray(obj["mag_calib"], float)
     if not np.any(np.isfinite(mag)):
@@ -153,7 +153,7 @@ def _any_mag(cat):
     return None
 
 
-def _touches(bits, obj, bit: int, dilate: int, radius: float) -> np.ndarray:
+def touches(bits, obj, bit: int, dilate: int, radius: float) -> np.ndarray:
     """Objects whose aperture touches pixels with `bit`, the mask dilated by `dilate` px."""
     from scipy.ndimage import binary_dilation
 

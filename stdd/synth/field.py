@@ -33,6 +33,10 @@ Pixel coordinates in the truth are 0-based (numpy/photutils/sep); FITS = +1.
 Randomness: the stars come from a :class:`~stdd.synth.starfield.StarField` (seeded by ``field_seed``, default
 ``seed``); noise, transients, cosmic rays and the WCS error direction come from independent streams seeded by
 ``seed``. Same arguments → byte-identical files.
+
+Why this module is long: it makes one consistent truth — stars, colours, PSF, SIP distortion, noise,
+transients, template and reference catalogue — whose numbers depend on each other; the rendering and
+the star-field model are already in render.py and starfield.py.
 """
 from __future__ import annotations
 
