@@ -96,9 +96,10 @@ def _night(db, frames, events, alerts_store, night: int, per_night: int, rng: ra
             retried = rng.random() < 0.01
             for attempt in range(2 if retried else 1):
                 f = frames.claim_next(f"local-{i % 2}")
-                frames.set_dirs(f["id"], f"/var/lib/stdd/work/{f['id']}", f"/var/lib/stdd/results/{f['id']}-cam_{i:05d}")
+                frames.set_dirs(f["id"], f"/var/lib/stdd/work/{f['id']}",
+                                f"/var/lib/stdd/results/{f['id']}-cam_{i:05d}")
                 if attempt == 0 and retried:
-                    run = frames.start_stage_run(f["id"], "inspect", f["attempts"], 20_000 + i)
+                    frames.start_stage_run(f["id"], "inspect", f["attempts"], 20_000 + i)
                     frames.close_open_stage_runs(f["id"], "the frame's process died (signal 9)")
                     frames.requeue(f["id"], "the frame's process died (signal 9)")
                     continue

@@ -221,7 +221,7 @@ def build_template(frames: list[FrameInfo], out_dir: Path, *, method: str = "swa
         for f in frames:
             try:
                 image, bad, header = _load(f)
-            except (OSError, ValueError, KeyError) as e:  # a damaged image.fits, image.wcs or mask.fits
+            except Exception as e:  # a damaged image.fits, image.wcs or mask.fits (astropy: OSError, TypeError, …)
                 raise SourceError("own-template", f"{f.folder}: unreadable frame ({type(e).__name__}: {e})") from None
             back, rms = _background(image, bad)
             scale = 10 ** (0.4 * (ref.zp - f.zp))

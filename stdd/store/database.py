@@ -270,7 +270,9 @@ class Database:
             raise StoreError(f"{what} cannot run inside a write transaction")
 
     def free_pages(self) -> int:
-        return int(self.conn.execute("PRAGMA freelist_count").fetchone()[0])
+        """Pages of the file that hold nothing (reused by new rows, or handed back by a vacuum)."""
+        with self._lock:
+            return int(self.conn.execute("PRAGMA freelist_count").fetchone()[0])
 
     def truncate_wal(self, wait_ms: int = 200) -> bool:
         """Checkpoint the write-ahead log and cut it to zero bytes, waiting at most `wait_ms` for
@@ -282,7 +284,7 @@ class Database:
             except sqlite3.OperationalError:
                 busy = 1
             finally:
-                self.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+                self.conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
             return not busy
 
     def close(self) -> None:
