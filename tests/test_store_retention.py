@@ -202,3 +202,21 @@ def test_the_daemons_job_prunes_on_its_own_connection_while_another_process_writ
     assert out["batches"] >= 3 and out["longest_lock_ms"] < 1000
     assert writes > 5 and worst_wait < 2.0, f"a writer waited {worst_wait:.2f} s during the prune"
     assert "stage run(s) deleted" in out["text"]
+
+
+def test_opening_an_existing_file_does_not_wait_for_a_writer(tmp_path):
+    """Only a new file gets `auto_vacuum` set on open: on an existing one the pragma would take
+    the write lock, so a reader (/health, `stdd status`) would wait for whoever holds it."""
+    path = tmp_path / "s.sqlite"
+    Database(path).close()
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # another writer (a backup, a sqlite3 shell) holds the lock
+    try:
+        t0 = time.monotonic()
+        db = Database(path, migrate=False, busy_timeout_ms=3000)
+        assert db.schema_version() >= 1 and db.auto_vacuum_mode() == "incremental"
+        db.close()
+        assert time.monotonic() - t0 < 1.0
+    finally:
+        holder.execute("COMMIT")
+        holder.close()

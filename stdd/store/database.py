@@ -123,9 +123,11 @@ class Database:
                                check_same_thread=False)
         conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
         if not readonly:
-            # a new file frees pages back to the file system on request (stdd.store.retention);
-            # on a file that has tables already this changes nothing until a VACUUM
-            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+            if conn.execute("PRAGMA page_count").fetchone()[0] == 0:
+                # a new file hands freed pages back to the file system on request
+                # (stdd.store.retention). Only on a new file: on an existing one the pragma takes
+                # the write lock (and waits for it) to change nothing until a VACUUM
+                conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("PRAGMA foreign_keys = ON")
