@@ -142,8 +142,11 @@ def test_a_file_made_before_incremental_vacuum_is_converted_once_and_then_shrink
         rep = prune(db, events_days=0, stage_runs_days=90, notices_days=0, now=NOW)
         assert rep.stage_runs == 40 and rep.pages_freed == 0 and "the file does not shrink" in rep.text()
         assert db.free_pages() > 0
+        # a file holding more than the start-up limit waits for a later start
+        out = jobs.prepare_database(db, convert_max_mb=0.01)
+        assert not out["converted"] and out["auto_vacuum"] == "none" and out["content_mb"] > 0.01
         out = jobs.prepare_database(db)
-        assert out["converted"] and db.auto_vacuum_mode() == "incremental"
+        assert out["converted"] and db.auto_vacuum_mode() == "incremental" and out["auto_vacuum"] == "incremental"
         assert FrameStore(db).counts()["done"] == 20
         assert jobs.prepare_database(db)["converted"] is False  # once only
         names = {r["name"] for r in db.query("SELECT name FROM sqlite_master WHERE type = 'index'")}

@@ -95,22 +95,34 @@ def prune_database(database: Path, retention: "RetentionSettings", now: float | 
     return {**rep.to_dict(), "text": rep.text()}
 
 
-def prepare_database(db: Database) -> dict:
+#: a file made before incremental vacuum is converted at start only while it holds at most this
+#: much (the VACUUM rewrites it, ~100 MB/s: a few seconds, well inside systemd's start timeout)
+CONVERT_MAX_MB = 512.0
+
+
+def prepare_database(db: Database, convert_max_mb: float = CONVERT_MAX_MB) -> dict:
     """At start, before anything else writes: the indexes the pruning needs, and a file made
-    before incremental vacuum converted to it (one VACUUM; logged with its duration)."""
+    before incremental vacuum converted to it (one VACUUM, logged with its duration). A file
+    holding more than `convert_max_mb` is left for a later start: the hourly pruning frees its
+    old rows meanwhile (their pages are reused), so what a VACUUM must copy shrinks."""
     from ..store.retention import ensure_indexes
 
     t0 = time.monotonic()
     ensure_indexes(db)
     before = db.path.stat().st_size if db.path.exists() else 0
-    converted = db.enable_incremental_vacuum()
-    if converted:
+    content_mb = db.content_bytes() / 2**20
+    out = {"converted": False, "auto_vacuum": db.auto_vacuum_mode(), "content_mb": round(content_mb, 1)}
+    if out["auto_vacuum"] != "incremental" and content_mb > convert_max_mb:
+        log.warning("database: %.0f MB to rewrite to hand freed pages back to the file system (incremental "
+                    "vacuum); more than %.0f MB, so not at this start: the hourly pruning frees old rows for reuse "
+                    "meanwhile, and a later start converts it", content_mb, convert_max_mb)
+    elif db.enable_incremental_vacuum():
         db.truncate_wal()  # the VACUUM went through the log: do not leave it the size of the file
-    out = {"converted": converted, "seconds": round(time.monotonic() - t0, 2),
-           "mb_before": round(before / 2**20, 1), "mb_after": round(db.path.stat().st_size / 2**20, 1)}
-    if converted:
-        log.info("database: converted to incremental vacuum in %.1f s (%.1f → %.1f MB)", out["seconds"],
-                 out["mb_before"], out["mb_after"])
+        out.update(converted=True, auto_vacuum=db.auto_vacuum_mode())
+        log.info("database: converted to incremental vacuum in %.1f s (%.1f → %.1f MB)", time.monotonic() - t0,
+                 before / 2**20, db.path.stat().st_size / 2**20)
+    out.update(seconds=round(time.monotonic() - t0, 2), mb_before=round(before / 2**20, 1),
+               mb_after=round(db.path.stat().st_size / 2**20, 1))
     return out
 
 

@@ -276,6 +276,14 @@ class Database:
         with self._lock:
             return int(self.conn.execute("PRAGMA freelist_count").fetchone()[0])
 
+    def content_bytes(self) -> int:
+        """Bytes of the pages that hold something: what a VACUUM would copy."""
+        with self._lock:
+            pages = self.conn.execute("PRAGMA page_count").fetchone()[0]
+            free = self.conn.execute("PRAGMA freelist_count").fetchone()[0]
+            size = self.conn.execute("PRAGMA page_size").fetchone()[0]
+        return int((pages - free) * size)
+
     def truncate_wal(self, wait_ms: int = 200) -> bool:
         """Checkpoint the write-ahead log and cut it to zero bytes, waiting at most `wait_ms` for
         readers and writers (a checkpoint that must wait holds up new writers). False when busy."""
