@@ -60,6 +60,8 @@ KEYS: tuple[Key, ...] = (
     Key("worker_peak_mb", "MB", "peak resident memory of one frame's process (+ its programs), "
         "worst of the 1k, 2k, 4k frames", "<=", 2000.0),
     Key("db_status_ms_10k", "ms", "`stdd status` with 10,000 frame records", "<=", 50.0),
+    Key("db_size_week_mb", "MB", "the state file after a week at 2,000 frames a night (4 stage runs each, 40 "
+        "notices a day), the retention job run as the daemon runs it", "<=", 120.0),
     Key("dask_vs_local", "ratio", "seconds for the same frames on a 2-worker Dask LocalCluster ÷ on the "
         "2-worker local pool (above 1: Dask is slower)"),
 )
@@ -68,6 +70,7 @@ KEY_NAMES = tuple(k.name for k in KEYS)
 #: measure modules in run order, with the keys each fills
 MEASURES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("bench.db_status", ("db_status_ms_10k",)),
+    ("bench.db_size", ("db_size_week_mb",)),
     ("bench.alert_latency", ("alert_to_action_p99_ms",)),
     ("bench.frame", ("frame_2k_s", "frame_2k_hotpants_s", "worker_peak_mb")),
     ("bench.throughput", ("overhead_ratio", "scaling_2v1")),

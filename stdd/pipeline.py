@@ -11,6 +11,8 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
+import secrets
 import shutil
 import tempfile
 import time
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
+from .faults import fault_point
 from .stages import background, threads as frame_threads
 from .stages.base import StageError, StageResult, StageSettings
 
@@ -172,28 +175,73 @@ def merge_results(previous: dict, names: list[str], results: dict[str, StageResu
     return merged
 
 
-def publish(folder: Path, result_dir: Path, extra: dict | None = None) -> Path:
-    """Copy result.json and the listed products to `result_dir`, atomically (temp dir, rename)."""
-    folder, result_dir = Path(folder), Path(result_dir)
-    result = _read_json(folder / RESULT_FILE) or {"status": "failed", "error": "no result was written"}
+#: publish's temporary folders beside a result folder: `.stdd-tmp-<name>-<pid>-<token>` (being
+#: written) and `.stdd-old-<name>-<pid>-<token>` (the previous result, between the two renames).
+#: Only folders with these names are stdd's to remove or restore (stdd.daemon.jobs).
+PUBLISH_TMP = ".stdd-tmp-"
+PUBLISH_OLD = ".stdd-old-"
+_PUBLISH_NAME = re.compile(r"^\.stdd-(tmp|old)-(.+)-(\d+)-([0-9a-f]{8})$")
+#: the names earlier versions used: `.<id>-<stem>.old-<pid>` and mkdtemp's `.<id>-<stem>.<8 chars>`
+_LEGACY_OLD = re.compile(r"^\.(\d+-.+)\.old-(\d+)$")
+_LEGACY_TMP = re.compile(r"^\.(\d+-.+)\.([a-z0-9_]{8})$")
+
+
+def publish_temp_name(kind: str, result_name: str) -> str:
+    """The name of one of publish's temporary folders (`kind` "tmp" or "old") for `result_name`."""
+    return f".stdd-{kind}-{result_name}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def parse_publish_temp(name: str) -> tuple[str, str] | None:
+    """(kind, result folder name) when `name` is one of publish's temporary folders — kind "tmp"
+    (incomplete, never a result) or "old" (a complete previous result) — else None. The names of
+    earlier versions are recognised where they cannot be a user's folder: a frame's result name
+    (`<id>-<stem>`) inside the exact pattern."""
+    m = _PUBLISH_NAME.match(name)
+    if m:
+        return m.group(1), m.group(2)
+    m = _LEGACY_OLD.match(name)
+    if m:
+        return "old", m.group(1)
+    m = _LEGACY_TMP.match(name)
+    if m:
+        return "tmp", m.group(1)
+    return None
+
+
+def publish(folder: Path | None, result_dir: Path, extra: dict | None = None) -> Path:
+    """Copy result.json and the listed products to `result_dir`, atomically: written into a
+    temporary folder beside it, then renamed into place. An existing result is first renamed
+    aside (`.stdd-old-…`) and removed after the new one is in place, so a crash between the two
+    renames leaves the previous complete result to restore (stdd.daemon.jobs.restore_publish).
+    `folder` None: no work folder, result.json is `extra` alone (a frame that ran no chain)."""
+    result_dir = Path(result_dir)
+    result = (_read_json(Path(folder) / RESULT_FILE) if folder is not None else None) \
+        or {"status": "failed", "error": "no result was written"}
     if extra:
         result.update(extra)
-    result_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{result_dir.name}.", dir=result_dir.parent))
+    parent, name = result_dir.parent, result_dir.name
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = parent / publish_temp_name("tmp", name)
+    tmp.mkdir()
     try:
-        for rel in result.get("products", []):
-            src = folder / rel
-            if src.is_file():
-                dst = tmp / rel
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(src, dst)
-        for log in folder.glob("*.log"):
-            shutil.copy2(log, tmp / log.name)
+        if folder is not None:
+            folder = Path(folder)
+            for rel in result.get("products", []):
+                src = folder / rel
+                if src.is_file():
+                    dst = tmp / rel
+                    dst.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(src, dst)
+            for log in folder.glob("*.log"):
+                shutil.copy2(log, tmp / log.name)
         write_json_atomic(tmp / RESULT_FILE, result)
+        fault_point("publish.before_renames")
         if result_dir.exists():
-            old = result_dir.with_name(f".{result_dir.name}.old-{os.getpid()}")
+            old = parent / publish_temp_name("old", name)
             os.replace(result_dir, old)
+            fault_point("publish.between_renames")
             os.replace(tmp, result_dir)
+            fault_point("publish.after_renames")
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, result_dir)

@@ -85,3 +85,22 @@ def test_command_line_rejects_an_unknown_key():
     r = subprocess.run([sys.executable, "-m", "bench", "--only", "no_such_key"], capture_output=True, text=True,
                        cwd=ROOT, timeout=60)
     assert r.returncode == 2 and "no_such_key" in r.stderr
+
+
+def test_the_db_size_measure_runs_a_small_week_through_the_store_and_the_retention_job(tmp_path):
+    rep = runner.run(quick=True, only=["db_size_week_mb"], out_dir=tmp_path,
+                     params={"db_size_frames_per_night": 40, "db_size_nights": 2}, log=lambda msg: None)
+    key = rep["keys"]["db_size_week_mb"]
+    assert key["reason"] is None and isinstance(key["value"], float) and key["value"] > 0
+    assert key["goal"] == "<= 120" and key["met"] == (key["value"] <= 120)
+    ctx = key["context"]
+    rows = ctx["week"]["rows"]
+    assert rows["frames"] == 80 and rows["alert_messages"] == 80 and len(key["runs"]) == 2
+    assert 0.9 * 4 * 80 <= rows["stage_runs"] <= 4 * 80 + 2  # 4 stages each; a failure stops a frame early
+    assert ctx["week"]["size"]["total_mb"] == key["value"]
+    # aged past every retention: the history goes, the frame and alert rows stay, the file shrinks
+    pruned = ctx["aged"]["prune"]
+    assert pruned["stage_runs"] == rows["stage_runs"] and pruned["notices"] == rows["alert_messages"]
+    assert pruned["complete"] and pruned["auto_vacuum"] == "incremental" and pruned["pages_freed"] > 0
+    assert ctx["aged"]["size"]["total_mb"] < key["value"]
+    assert ctx["projection"]["steady_state_history_mb"] > 0

@@ -170,6 +170,35 @@ def test_the_command_builds_into_the_library_and_explains_skips(nights, tmp_path
     assert r.exit_code == 1 and "good frame(s) of 4, 5 needed" in r.output
 
 
+def test_unreadable_frames_and_library_files_are_said_with_their_reason(nights, tmp_path):
+    import shutil
+
+    _, _, folders, _ = nights
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "own_r_150.0000+30.0000.fits").write_bytes(b"SIMPLE  = not really FITS")  # a damaged file of our name
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "result.json").write_text("{not json")
+    lines: list[str] = []
+    built, skipped = build_all([*folders, broken], lib, log=lines.append)
+    assert len(built) == 1
+    assert any(str(broken) in s and "JSONDecodeError" in s and "line 1" in s for s in skipped), skipped
+    assert any(str(broken) in m and "skipped" in m for m in lines)
+    # the damaged file is left in place (not ours to judge) and said, in the build's notes and its log
+    assert (lib / "own_r_150.0000+30.0000.fits").exists()
+    assert any("own_r_150.0000+30.0000.fits left in place: unreadable" in n for n in built[0].notes), built[0].notes
+    assert any("left in place: unreadable" in m for m in lines)
+    # a frame whose image cannot be read fails its field with the frame named
+    sharp = tmp_path / "sharp"
+    shutil.copytree(folders[0], sharp)
+    (sharp / "image.fits").write_bytes((sharp / "image.fits").read_bytes()[:5000])
+    lines.clear()
+    built, skipped = build_all([sharp, *folders[1:]], tmp_path / "lib2", log=lines.append)
+    assert built == [] and any(f"{sharp}: unreadable frame" in s for s in skipped), skipped
+    assert any("not built" in m and str(sharp) in m for m in lines)
+
+
 async def test_the_daemon_builds_own_templates_at_its_hour(nights, tmp_path):
     """template.own_build_hour_utc schedules the job; it reads the result folders and builds in a
     child process, and the outcome is an event."""

@@ -84,3 +84,26 @@ def test_surveys_are_not_contacted_offline(library, tmp_path, survey, hips):
                      offline=True, cache_dir=tmp_path, log=lambda *a: None)
     assert e.value.source.startswith("survey:") and "offline" in str(e.value)
     assert not (tmp_path / "templates").exists()
+
+
+def test_a_library_file_with_an_unreadable_wcs_is_left_out_with_its_reason(library, tmp_path):
+    import shutil
+
+    d, infos, wcs = library
+    lib = tmp_path / "templates"
+    shutil.copytree(d / "templates", lib)
+    field = next(i for i in infos if i.role == "field" and i.band == "r")
+    h = fits.getheader(field.path)
+    h["CTYPE1"], h["CTYPE2"] = "RA---XYZ", "DEC--XYZ"  # a projection wcslib does not know
+    fits.writeto(lib / "broken_r.fits", np.zeros((32, 32), "f4"), h)
+    for attempt in ("indexed", "from the index cache"):
+        lines = []
+        t = get_template(TemplateSettings(source="local", folder=lib), "r", wcs, (256, 256), offline=True,
+                         cache_dir=tmp_path / "cache", log=lines.append)
+        said = [m for m in lines if "broken_r.fits" in m]
+        assert said and "unreadable WCS" in said[0] and "Unrecognized projection code (XYZ in CTYPE1)" in said[0], \
+            (attempt, lines)
+        assert t.source == f"local:{lib / field.path.name}"
+        assert any("could not be read" in n and "broken_r.fits skipped: unreadable WCS" in n for n in t.notes), t.notes
+    index = json.loads(next((tmp_path / "cache" / "templates").glob("index-*.json")).read_text())
+    assert len(index["entries"]) == len(infos) and len(index["skipped"]) == 1

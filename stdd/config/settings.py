@@ -344,9 +344,18 @@ class DaemonSettings(Section):
 
 
 class RetentionSettings(Section):
+    """How long things are kept. 0 keeps them forever. Frame and alert rows (the summaries) are
+    always kept; the database keys prune the history behind them (stdd.store.retention)."""
+
     work_days: float = Field(7.0, ge=0)
     cache_days: float = Field(90.0, ge=0)
     summary_hour_utc: int = Field(12, ge=0, le=23)
+    events_days: float = Field(30.0, ge=0, description="audit events (the events table) older than this are deleted")
+    stage_runs_days: float = Field(
+        90.0, ge=0, description="stage runs older than this are deleted (never those of a queued or running frame)")
+    notices_days: float = Field(
+        30.0, ge=0, description="the raw bytes of alert messages older than this are dropped (the row, its state "
+        "and alert id stay)")
 
 
 class Settings(Section):

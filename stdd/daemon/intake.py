@@ -26,7 +26,6 @@ import importlib
 import logging
 import os
 import shutil
-import tempfile
 import threading
 import uuid
 from dataclasses import dataclass
@@ -67,9 +66,9 @@ def result_dir_for(results: Path, frame_id: int, name: str) -> Path:
 
 
 def publish_outcome(result_dir: Path, extra: dict) -> None:
-    """A result folder for a frame that ran no chain (rejected, cancelled, timed out, gave up)."""
-    with tempfile.TemporaryDirectory(prefix=".outcome-", dir=result_dir.parent) as tmp:
-        publish(Path(tmp), result_dir, extra)
+    """A result folder for a frame that ran no chain (rejected, cancelled, timed out, gave up):
+    result.json is `extra` alone, published as any result (stdd.pipeline.publish)."""
+    publish(None, result_dir, extra)
 
 
 def frame_extra(frame: dict) -> dict:

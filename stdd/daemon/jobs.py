@@ -1,5 +1,7 @@
-"""The scheduled housekeeping: retention of work folders, cache pruning, the nightly summary, and
-the folders that templates from the telescope's own frames are built from.
+"""The scheduled housekeeping: retention of work folders and of the database's history, cache
+pruning, the nightly summary, the folders that templates from the telescope's own frames are built
+from, and settling the result folders of publishes a crash interrupted (at start and after a lost
+frame).
 
 Plain functions, run by the daemon's APScheduler jobs in a worker thread (they touch the disk
 and the database, never the event loop). Each returns what it did, for the log.
@@ -14,9 +16,13 @@ import statistics
 import time
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..pipeline import write_json_atomic
-from ..store import FrameStore
+from ..pipeline import parse_publish_temp, write_json_atomic
+from ..store import Database, FrameStore
+
+if TYPE_CHECKING:
+    from ..config.settings import RetentionSettings
 
 log = logging.getLogger("stdd.jobs")
 DAY = 86400.0
@@ -70,6 +76,54 @@ def prune_cache(cache: Path, days: float, now: float | None = None) -> dict:
             except OSError:
                 pass
     return {"removed": removed, "bytes": freed}
+
+
+def prune_database(database: Path, retention: "RetentionSettings", now: float | None = None) -> dict:
+    """The hourly pruning of the state file's history (stdd.store.retention.prune) with the
+    `[retention]` settings, on a connection of its own (run it in a worker thread: the daemon's
+    own connection stays free for the event loop). Returns the report as a dict, with `text`
+    for the log."""
+    from ..store import Database
+    from ..store.retention import prune
+
+    db = Database(database, migrate=False)
+    try:
+        rep = prune(db, events_days=retention.events_days, stage_runs_days=retention.stage_runs_days,
+                    notices_days=retention.notices_days, now=now)
+    finally:
+        db.close()
+    return {**rep.to_dict(), "text": rep.text()}
+
+
+#: a file made before incremental vacuum is converted at start only while it holds at most this
+#: much (the VACUUM rewrites it, ~100 MB/s: a few seconds, well inside systemd's start timeout)
+CONVERT_MAX_MB = 512.0
+
+
+def prepare_database(db: Database, convert_max_mb: float = CONVERT_MAX_MB) -> dict:
+    """At start, before anything else writes: the indexes the pruning needs, and a file made
+    before incremental vacuum converted to it (one VACUUM, logged with its duration). A file
+    holding more than `convert_max_mb` is left for a later start: the hourly pruning frees its
+    old rows meanwhile (their pages are reused), so what a VACUUM must copy shrinks."""
+    from ..store.retention import ensure_indexes
+
+    t0 = time.monotonic()
+    ensure_indexes(db)
+    before = db.path.stat().st_size if db.path.exists() else 0
+    content_mb = db.content_bytes() / 2**20
+    out = {"converted": False, "auto_vacuum": db.auto_vacuum_mode(), "content_mb": round(content_mb, 1)}
+    if out["auto_vacuum"] != "incremental" and content_mb > convert_max_mb:
+        log.warning("database: %.0f MB to rewrite to hand freed pages back to the file system (incremental "
+                    "vacuum); more than %.0f MB, so not at this start: the hourly pruning frees old rows for reuse "
+                    "meanwhile, and a later start converts it", content_mb, convert_max_mb)
+    elif db.enable_incremental_vacuum():
+        db.truncate_wal()  # the VACUUM went through the log: do not leave it the size of the file
+        out.update(converted=True, auto_vacuum=db.auto_vacuum_mode())
+        log.info("database: converted to incremental vacuum in %.1f s (%.1f → %.1f MB)", time.monotonic() - t0,
+                 before / 2**20, db.path.stat().st_size / 2**20)
+    out.update(seconds=round(time.monotonic() - t0, 2), mb_before=round(before / 2**20, 1),
+               mb_after=round(db.path.stat().st_size / 2**20, 1))
+    return out
 
 
 def night_of(t: float, lon_deg: float) -> date:
@@ -148,25 +202,64 @@ def format_summary(s: dict) -> str:
             f"{f(s['median_mag_limit'], '.2f')}")
 
 
+def settle_publish(parent: Path, name: str | None = None) -> dict:
+    """Finish what interrupted publishes left in `parent` (the results folder), for every result
+    folder or only `name`. Only folders publish names (`.stdd-tmp-…`, `.stdd-old-…`, and the
+    unambiguous names of earlier versions: stdd.pipeline.parse_publish_temp) are touched:
+    a temporary folder is removed (never a complete result); an old one (the previous complete
+    result, renamed aside) is restored when its result folder is missing — the crash came between
+    the two renames — and removed when the new result is in place. Returns the names removed and
+    restored."""
+    removed: list[str] = []
+    restored: list[str] = []
+    parent = Path(parent)
+    if not parent.is_dir():
+        return {"removed": removed, "restored": restored}
+    olds: list[tuple[float, Path, str]] = []
+    for entry in parent.iterdir():
+        found = parse_publish_temp(entry.name)
+        if found is None or (name is not None and found[1] != name):
+            continue
+        try:
+            if not entry.is_dir() or entry.is_symlink():
+                continue
+            if found[0] == "tmp":
+                shutil.rmtree(entry)
+                removed.append(entry.name)
+            else:
+                olds.append((entry.stat().st_ctime, entry, found[1]))
+        except OSError as e:
+            log.error("results: cannot clean %s: %s", entry, e)
+    for _, entry, result_name in sorted(olds, key=lambda o: -o[0]):  # the latest first
+        target = parent / result_name
+        try:
+            if target.exists() or target.is_symlink():
+                shutil.rmtree(entry)
+                removed.append(entry.name)
+            else:
+                os.replace(entry, target)
+                restored.append(result_name)
+                log.warning("results: %s restored from %s: a publish was interrupted between its two renames;"
+                            " this is the previous complete result", target, entry.name)
+        except OSError as e:
+            log.error("results: cannot settle %s: %s", entry, e)
+    return {"removed": removed, "restored": restored}
+
+
 def clean_stale_publish(results: Path) -> int:
-    """Remove half-written result folders left by a killed publish (`.<name>.*` temp names)."""
-    n = 0
-    if results.is_dir():
-        for entry in results.iterdir():
-            if entry.name.startswith(".") and entry.is_dir():
-                shutil.rmtree(entry, ignore_errors=True)
-                n += 1
-    return n
+    """At start (recovery): settle every interrupted publish under `results` (settle_publish);
+    a user's own folders there (`.git`, `.Trash-1000`, anything else) are left alone. Returns how
+    many folders were removed or restored."""
+    out = settle_publish(results)
+    return len(out["removed"]) + len(out["restored"])
 
 
-def clean_partial_publish(result_dir: Path) -> int:
-    """Remove the temporary folders a killed publish of `result_dir` left beside it."""
-    n = 0
-    for tmp in result_dir.parent.glob(f".{result_dir.name}.*"):
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-            n += 1
-    return n
+def clean_partial_publish(result_dir: Path) -> dict:
+    """After a frame's process was lost: settle the interrupted publish of this one result folder
+    (settle_publish with its name) — its temporary folder removed, its previous result restored if
+    the process died between the two renames."""
+    result_dir = Path(result_dir)
+    return settle_publish(result_dir.parent, result_dir.name)
 
 
 def dump(obj) -> str:

@@ -92,7 +92,7 @@ def read_frame(folder: Path) -> tuple[FrameInfo | None, str | None]:
     try:
         res = json.loads((folder / "result.json").read_text())
     except (OSError, ValueError) as e:
-        return None, f"no readable result.json ({type(e).__name__})"
+        return None, f"no readable result.json ({type(e).__name__}: {e})"
     stages = res.get("stages") or {}
     if (stages.get("photometry") or {}).get("state") != "done":
         return None, "photometry was not done"
@@ -219,7 +219,10 @@ def build_template(frames: list[FrameInfo], out_dir: Path, *, method: str = "swa
     layers, noise, inv_gains, sats, notes = [], [], [], [], []
     with tempfile.TemporaryDirectory(prefix="stdd-own-template-", dir=tmpdir) as tmp:
         for f in frames:
-            image, bad, header = _load(f)
+            try:
+                image, bad, header = _load(f)
+            except Exception as e:  # a damaged image.fits, image.wcs or mask.fits (astropy: OSError, TypeError, …)
+                raise SourceError("own-template", f"{f.folder}: unreadable frame ({type(e).__name__}: {e})") from None
             back, rms = _background(image, bad)
             scale = 10 ** (0.4 * (ref.zp - f.zp))
             data = np.where(bad, 0.0, (image - back) * scale)
@@ -273,18 +276,24 @@ def build_template(frames: list[FrameInfo], out_dir: Path, *, method: str = "swa
     fits.PrimaryHDU(combined.astype(np.float32), hdr).writeto(partial, overwrite=True)
     os.replace(partial, path)
     log(f"own template: {path.name} from {n} frames ({how}), {100 * coverage:.0f}% of the grid covered")
-    for old in _superseded(out_dir, path, ref):
+    superseded, unreadable = _superseded(out_dir, path, ref)
+    for old in superseded:
         old.unlink(missing_ok=True)
         notes.append(f"replaces {old.name}")
         log(f"own template: {old.name} removed, replaced by {path.name}")
+    for why in unreadable:
+        notes.append(why)
+        log(f"own template: {why}")
     return Built(path=path, band=ref.band, frames=[f.name for f in frames], fwhm_arcsec=float(np.median(fwhms)),
                  zp=ref.zp, gain=gain, shape=shape, coverage=coverage, notes=notes)
 
 
-def _superseded(out_dir: Path, path: Path, ref: FrameInfo) -> list[Path]:
+def _superseded(out_dir: Path, path: Path, ref: FrameInfo) -> tuple[list[Path], list[str]]:
     """Own templates of the same band and field as the new one (built earlier around another
-    sharpest frame): two files of one field would leave the library's choice to chance."""
-    out = []
+    sharpest frame): two files of one field would leave the library's choice to chance. Also the
+    files of the own-template name that cannot be read, each with the reason: left in place (not
+    ours to judge), but said."""
+    out, unreadable = [], []
     for p in sorted(out_dir.glob(f"own_{ref.band}_*.fits")):
         if p == path:
             continue
@@ -295,11 +304,12 @@ def _superseded(out_dir: Path, path: Path, ref: FrameInfo) -> list[Path]:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 ra, dec = WCS(h).celestial.all_pix2world([(h["NAXIS1"] - 1) / 2], [(h["NAXIS2"] - 1) / 2], 0)
-        except Exception:  # not ours to judge: leave it
+        except Exception as e:  # not ours to judge: left in place, and said
+            unreadable.append(f"{p.name} left in place: unreadable ({type(e).__name__}: {e})")
             continue
         if _sep_deg(ref.ra, ref.dec, float(ra[0]), float(dec[0])) <= SAME_FIELD * ref.radius_deg:
             out.append(p)
-    return out
+    return out, unreadable
 
 
 def build_all(folders: Iterable[Path], out_dir: Path, *, min_frames: int = 3, max_frames: int = 7,
@@ -311,6 +321,7 @@ def build_all(folders: Iterable[Path], out_dir: Path, *, min_frames: int = 3, ma
         info, why = read_frame(Path(folder))
         if info is None:
             skipped.append(f"{folder}: {why}")
+            log(f"own template: {folder} skipped: {why}")
             continue
         if band and info.band != band:
             continue
@@ -326,4 +337,5 @@ def build_all(folders: Iterable[Path], out_dir: Path, *, min_frames: int = 3, ma
             built.append(build_template(chosen, out_dir, method=method, log=log))
         except Exception as e:  # one field's failure does not stop the others
             skipped.append(f"{where}: {type(e).__name__}: {e}")
+            log(f"own template: {where} not built: {type(e).__name__}: {e}")
     return built, skipped

@@ -122,8 +122,10 @@ def _float(v) -> float | None:
 
 # ---------------------------------------------------------------- local library
 
-def _index_folder(folder: Path, cache_dir: Path, log: Log) -> list[dict]:
-    """Footprint and band of every FITS image in `folder` (cached by file name, size and mtime)."""
+def _index_folder(folder: Path, cache_dir: Path, log: Log) -> tuple[list[dict], list[str]]:
+    """Footprint and band of every FITS image in `folder` (cached by file name, size and mtime),
+    and the files that cannot serve, each with the reason ("name: why"). The reasons are logged
+    on every call, from the cache too, so each frame's log says which library files were left out."""
     from ..stages import filters
     from ..stages.header import FrameError, load_first_image
 
@@ -136,15 +138,24 @@ def _index_folder(folder: Path, cache_dir: Path, log: Log) -> list[dict]:
         try:
             data = json.loads(hit.read_text())
             if data.get("stamp") == [list(s) for s in stamp]:
-                return data["entries"]
+                skipped = list(data.get("skipped") or [])
+                for why in skipped:
+                    log(f"template library: {why}")
+                return data["entries"], skipped
         except ValueError:
             pass
-    entries = []
+    entries: list[dict] = []
+    skipped: list[str] = []
+
+    def skip(p: Path, why: str) -> None:
+        skipped.append(f"{p.name} skipped: {why}")
+        log(f"template library: {p.name} skipped: {why}")
+
     for p in files:
         try:
             data, header, _ = load_first_image(p, header_only=True)
         except FrameError as e:
-            log(f"template library: {p.name} skipped: {e}")
+            skip(p, str(e))
             continue
         from ..stages.header import fix_header
 
@@ -154,20 +165,29 @@ def _index_folder(folder: Path, cache_dir: Path, log: Log) -> list[dict]:
             warnings.simplefilter("ignore")
             try:
                 w = WCS(header)
-            except Exception:
+                if w.has_celestial and all(shape):
+                    h, wd = shape
+                    ra, dec = w.celestial.all_pix2world([0, wd - 1, wd - 1, 0], [0, 0, h - 1, h - 1], 0)
+            except Exception as e:  # wcslib's errors: an unknown projection, inconsistent axes, a singular matrix
+                skip(p, f"unreadable WCS ({type(e).__name__}: {_last_line(e)})")
                 continue
         if not w.has_celestial or not all(shape):
-            log(f"template library: {p.name} skipped: no celestial WCS")
+            skip(p, "no celestial WCS")
             continue
         value, _kw = filters.header_filter(header)
         band = filters.lookup(value) if value else None
-        h, wd = shape
-        ra, dec = w.celestial.all_pix2world([0, wd - 1, wd - 1, 0], [0, 0, h - 1, h - 1], 0)
         entries.append({"path": str(p), "band": band, "shape": [h, wd],
                         "corners": [[float(a), float(b)] for a, b in zip(ra, dec)],
                         "own": header.get("ORIGIN") == OWN_ORIGIN})
-    cache.write(key, ".json", lambda t: t.write_text(json.dumps({"stamp": stamp, "entries": entries})))
-    return entries
+    cache.write(key, ".json", lambda t: t.write_text(json.dumps({"stamp": stamp, "entries": entries,
+                                                                   "skipped": skipped})))
+    return entries, skipped
+
+
+def _last_line(e: Exception) -> str:
+    """wcslib's messages start with where in its C code the error was raised: keep what it says."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return lines[-1] if lines else type(e).__name__
 
 
 def overlap_fraction(corners_sky: list, wcs: WCS, shape) -> float:
@@ -194,7 +214,7 @@ def local_template(folder: Path, band: str, wcs: WCS, shape, *, min_overlap: flo
                    method: str, tmpdir, log: Log) -> Template | None:
     if folder is None or not Path(folder).is_dir():
         return None
-    entries = _index_folder(Path(folder), cache_dir, log)
+    entries, skipped = _index_folder(Path(folder), cache_dir, log)
     scored = []
     for e in entries:
         if e["band"] != band:
@@ -211,6 +231,9 @@ def local_template(folder: Path, band: str, wcs: WCS, shape, *, min_overlap: flo
     log(f"template library: {path} covers {100 * f:.0f}% of the frame")
     t = _template_from_file(Path(path), wcs, shape, method, tmpdir, log, f"local:{path}")
     t.notes.append(f"template {Path(path).name} from the local library covers {100 * f:.0f}% of the frame")
+    if skipped:
+        t.notes.append(f"{len(skipped)} file(s) of the template library could not be read: "
+                       + "; ".join(skipped[:3]) + (" …" if len(skipped) > 3 else ""))
     return t
 
 

@@ -123,6 +123,11 @@ class Database:
                                check_same_thread=False)
         conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
         if not readonly:
+            if conn.execute("PRAGMA page_count").fetchone()[0] == 0:
+                # a new file hands freed pages back to the file system on request
+                # (stdd.store.retention). Only on a new file: on an existing one the pragma takes
+                # the write lock (and waits for it) to change nothing until a VACUUM
+                conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("PRAGMA foreign_keys = ON")
@@ -233,6 +238,64 @@ class Database:
                 MIGRATIONS[version - 1](self.db)
                 self.db["meta"].upsert({"key": "schema_version", "value": str(version)}, pk="key")
         return self.schema_version()
+
+    # -- space --------------------------------------------------------------------------
+    def auto_vacuum_mode(self) -> str:
+        """How the file hands freed pages back: "none" (kept for reuse), "full" or "incremental"."""
+        row = self.query_one("PRAGMA auto_vacuum")
+        return {0: "none", 1: "full", 2: "incremental"}.get(int(next(iter(row.values()))), "none")
+
+    def enable_incremental_vacuum(self) -> bool:
+        """Make a file created before incremental vacuum use it: one VACUUM, which rewrites the
+        whole file and holds the write lock meanwhile (run it when nothing else writes: at start).
+        False when the file uses it already."""
+        if self.auto_vacuum_mode() == "incremental":
+            return False
+        with self._lock:
+            self._outside_transaction("VACUUM")
+            self.conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+            self.conn.execute("VACUUM")
+        return True
+
+    def incremental_vacuum(self, pages: int) -> int:
+        """Hand up to `pages` free pages back to the file system (one short write transaction);
+        returns how many were freed. Nothing happens unless the file uses incremental vacuum."""
+        with self._lock:
+            self._outside_transaction("incremental vacuum")
+            before = self.conn.execute("PRAGMA freelist_count").fetchone()[0]
+            # the pragma frees one page per step of its statement: executescript steps it to the end
+            self.conn.executescript(f"PRAGMA incremental_vacuum({int(pages)});")
+            return before - self.conn.execute("PRAGMA freelist_count").fetchone()[0]
+
+    def _outside_transaction(self, what: str) -> None:
+        if self._depth:
+            raise StoreError(f"{what} cannot run inside a write transaction")
+
+    def free_pages(self) -> int:
+        """Pages of the file that hold nothing (reused by new rows, or handed back by a vacuum)."""
+        with self._lock:
+            return int(self.conn.execute("PRAGMA freelist_count").fetchone()[0])
+
+    def content_bytes(self) -> int:
+        """Bytes of the pages that hold something: what a VACUUM would copy."""
+        with self._lock:
+            pages = self.conn.execute("PRAGMA page_count").fetchone()[0]
+            free = self.conn.execute("PRAGMA freelist_count").fetchone()[0]
+            size = self.conn.execute("PRAGMA page_size").fetchone()[0]
+        return int((pages - free) * size)
+
+    def truncate_wal(self, wait_ms: int = 200) -> bool:
+        """Checkpoint the write-ahead log and cut it to zero bytes, waiting at most `wait_ms` for
+        readers and writers (a checkpoint that must wait holds up new writers). False when busy."""
+        with self._lock:
+            self.conn.execute(f"PRAGMA busy_timeout = {int(wait_ms)}")
+            try:
+                busy = self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            except sqlite3.OperationalError:
+                busy = 1
+            finally:
+                self.conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+            return not busy
 
     def close(self) -> None:
         with self._lock:
