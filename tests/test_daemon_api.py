@@ -300,3 +300,17 @@ async def test_the_frames_thread_budget_decides_where_output_is_drawn(tmp_path, 
         assert row["state"] == "done", row
         name = (Path(row["result_dir"]) / "output_thread.txt").read_text().strip()
     assert name.startswith("stdd-output") is helper, name
+
+
+async def test_the_retention_job_prunes_the_database_history(tmp_path):
+    """The hourly retention job, run now in a live daemon: old events go, the frame rows stay."""
+    s = make_settings(tmp_path, retention={"events_days": 1})
+    async with Running(Daemon(s)) as d:
+        write_frame(d.settings.paths.incoming[0] / "r.fits", "r")
+        await until(lambda: d.frames.counts()["done"] == 1)
+        with d.db.write() as conn:  # age the history by ten days
+            conn.execute("UPDATE events SET time = time - 10 * 86400")
+        out = await d.run_job("retention")
+        assert out["database"]["events"] > 0, out
+        assert d.db.query_one("SELECT COUNT(*) AS n FROM events WHERE time < ?", (time.time() - 86400,))["n"] == 0
+        assert d.frames.counts()["done"] == 1

@@ -157,7 +157,7 @@ def test_a_file_made_before_incremental_vacuum_is_converted_once_and_then_shrink
 
 def test_retention_settings_are_typed_documented_and_validated(tmp_path):
     s = RetentionSettings()
-    assert (s.events_days, s.stage_runs_days, s.notices_days) == (30.0, 90.0, 30.0)
+    assert (s.events_days, s.stage_runs_days, s.notices_days) == (30.0, 30.0, 30.0)
     s = settings_from_dict({"retention": {"events_days": 7, "stage_runs_days": 14, "notices_days": 0}}, base=tmp_path)
     assert (s.retention.events_days, s.retention.stage_runs_days, s.retention.notices_days) == (7, 14, 0)
     for bad in ({"events_days": -1}, {"stage_run_days": 3}, {"notices_days": "a month"}):

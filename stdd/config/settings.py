@@ -352,7 +352,7 @@ class RetentionSettings(Section):
     summary_hour_utc: int = Field(12, ge=0, le=23)
     events_days: float = Field(30.0, ge=0, description="audit events (the events table) older than this are deleted")
     stage_runs_days: float = Field(
-        90.0, ge=0, description="stage runs older than this are deleted (never those of a queued or running frame)")
+        30.0, ge=0, description="stage runs older than this are deleted (never those of a queued or running frame)")
     notices_days: float = Field(
         30.0, ge=0, description="the raw bytes of alert messages older than this are dropped (the row, its state "
         "and alert id stay)")

@@ -93,6 +93,7 @@ def recover(frames: FrameStore, settings: Settings, spool: Path) -> list[int]:
     for fid in ids:
         log.warning("frame=%d was running when the daemon stopped; queued again, from a clean folder", fid)
     n = jobs.clean_stale_publish(settings.paths.results)
+    jobs.prepare_database(frames.db)
     for tmp in spool.glob(".incoming-*"):
         tmp.unlink(missing_ok=True)
     if n:

@@ -106,6 +106,10 @@ class Scheduler:
         out = await d.gate.run(jobs.clean_work, d.frames, s.paths.work, d.spool, s.retention.work_days)
         if out["removed"]:
             log.info("retention: removed %d work folder(s) older than %g days", out["removed"], s.retention.work_days)
+        # the database's history, on a connection of its own (seconds of short batches: the
+        # daemon's database thread stays free)
+        out["database"] = await asyncio.to_thread(jobs.prune_database, s.paths.database, s.retention)
+        log.info("retention: database: %s", out["database"]["text"])
         return out
 
     async def summary(self):
