@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -58,10 +59,45 @@ def daemon_text(extra: str = "", settle: float = 0.3) -> str:
     return config_text(settle) + "[daemon]\n" + extra
 
 
+class WatchdogListener:
+    """systemd's side of sd_notify: a datagram socket, drained on a thread, timing the pings."""
+
+    def __init__(self, path: Path):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.2)
+        self.path = str(path)
+        self.pings: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                if self.sock.recv(4096) == b"WATCHDOG=1":
+                    self.pings.append(time.monotonic())
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+
+    def between(self, t0: float, t1: float) -> list[float]:
+        return [t for t in self.pings if t0 <= t <= t1]
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self.sock.close()
+
+
 def test_a_database_locked_past_the_busy_timeout_loses_nothing(tmp_path):
     port = free_port()
-    d = DaemonProcess(tmp_path, with_http(daemon_text("db_busy_timeout_seconds = 1.0\nintake_retry_seconds = 1.0\n"),
-                                          port))
+    # a stall time shorter than the lock: the loops wait beating, so the watchdog must go on
+    text = daemon_text("db_busy_timeout_seconds = 1.0\nintake_retry_seconds = 1.0\nloop_stall_seconds = 8.0\n")
+    d = DaemonProcess(tmp_path, with_http(text, port), env={"WATCHDOG_USEC": "1500000"})
+    watchdog = WatchdogListener(tmp_path / "notify.sock")
+    d.env["NOTIFY_SOCKET"] = watchdog.path
     lock = None
     try:
         d.start()
@@ -85,6 +121,9 @@ def test_a_database_locked_past_the_busy_timeout_loses_nothing(tmp_path):
         assert lock.wait(30) == 0
         released = time.monotonic()
         assert released - t_lock > 10
+        pings = watchdog.between(t_lock, released)
+        gaps = [b - a for a, b in zip(pings, pings[1:])]
+        assert len(pings) > 10 and max(gaps) < 3, f"the watchdog ping stopped during the lock: {gaps}"
         frames = d.wait_terminal(5, 60)
         assert time.monotonic() - released < 60
         assert {f["name"]: f["state"] for f in frames} == {n: "done" for n in
@@ -96,8 +135,10 @@ def test_a_database_locked_past_the_busy_timeout_loses_nothing(tmp_path):
         d.wait(lambda: get_health(port)[0] == 200, 20, "/health to be 200 again")
         log = d.log()
         assert "database locked" in log and "trying again" in log and "written after" in log
+        assert "not pinging systemd" not in log
         assert d.stop() == 0
     finally:
+        watchdog.close()
         if lock is not None and lock.poll() is None:
             lock.kill()
         if d.proc and d.proc.poll() is None:

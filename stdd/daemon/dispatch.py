@@ -41,8 +41,18 @@ class Dispatcher:
         except asyncio.TimeoutError:
             return
         d.wake_event.clear()
-        async with d.events_lock:  # never between the events of one batch (a crash may pause)
+        # never between the events of one batch (a crash may pause); the pump may hold the
+        # lock for long while the database refuses its writes: wait beating, not stalled
+        while True:
+            try:
+                await asyncio.wait_for(d.events_lock.acquire(), IDLE_WAKE_SECONDS)
+                break
+            except asyncio.TimeoutError:
+                self._beat()
+        try:
             await self.dispatch()
+        finally:
+            d.events_lock.release()
 
     def _claim(self) -> dict | None:
         fault_point("daemon.dispatch")

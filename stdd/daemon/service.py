@@ -300,12 +300,19 @@ class Daemon:
                 log.exception("service %s failed to stop", getattr(svc, "name", svc))
         if self.pool is not None:
             await asyncio.to_thread(self.pool.shutdown, self.settings.pool.shutdown_grace_seconds)
+        try:  # the last events' records; a database that refuses them for long must not hang the stop
+            await asyncio.wait_for(self._last_records(), 30.0)
+        except asyncio.TimeoutError:
+            log.error("stop: the last frames' records could not be written; the next start runs them again")
+            await self.supervisor.stop()
+        await self._close()
+
+    async def _last_records(self) -> None:
         await self.recorder.stop_pumping()
         await self.supervisor.stop()
         if self.pool is not None:
             for ev in self.pool.poll(0):
                 await self.recorder.record(ev)
-        await self._close()
 
     async def _close(self, startup_failed: bool = False) -> None:
         if self.frames is not None:
