@@ -77,12 +77,13 @@ class Outcome:
 
 
 class AlertService:
-    def __init__(self, db, settings, *, clock=time.time, runner: ActionRunner | None = None):
+    def __init__(self, db, settings, *, clock=time.time, runner: ActionRunner | None = None, durable: bool = True):
+        """`durable=False` (benchmarks only) leaves the connection's commits un-fsync'd."""
         self.db = db
         self.settings = settings
         self.cfg = settings.alerts
         self.clock = clock
-        self.store = AlertStore(db, durable=True)
+        self.store = AlertStore(db, durable=durable)
         self.events = EventLog(db)
         self.policy = Policy(settings.alerts, settings.site)
         self.runner = runner or ActionRunner(self.store, settings, on_event=self._action_event)
