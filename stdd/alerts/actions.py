@@ -218,8 +218,12 @@ class ActionRunner:
         with self._lock:
             if claim.action_id in self._in_flight:
                 return None  # already running in this process
+            if self._closed:  # stdd is stopping: the claim stays pending, `recover` runs it at the next start
+                log.warning("action %s (%s) for %s not started: stdd is stopping; it runs at the next start",
+                            claim.name, claim.purpose, claim.alert_id)
+                return None
             self._in_flight.add(claim.action_id)
-        return self._pool.submit(self._run, claim, alert)
+            return self._pool.submit(self._run, claim, alert)
 
     # -- running ---------------------------------------------------------------------------
     def _run(self, claim: Claim, alert: dict) -> dict:
@@ -261,9 +265,10 @@ class ActionRunner:
         return row
 
     def close(self, wait: bool = True) -> None:
-        if self._closed:
-            return
-        self._closed = True
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
         if not wait:
             self._stop.set()
         self._pool.shutdown(wait=wait, cancel_futures=not wait)

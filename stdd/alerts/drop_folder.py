@@ -100,8 +100,8 @@ class DropFolderIntake:
                     self.monitor.error(f"scan of {self.folder} failed: {type(e).__name__}: {e}", exc_info=True)
                 self._stop.wait(self.poll)
         except BaseException as e:  # the thread ends: say so; ensure_running() starts another
-            self.monitor.error(f"the watcher thread ended: {type(e).__name__}: {e}", level="ERROR")
-            raise
+            self.monitor.error(f"the watcher thread ended: {type(e).__name__}: {e}", level="ERROR", exc_info=True)
+            # the thread ends here (logged above with its traceback)
 
     def scan(self, now: float | None = None) -> list[Path]:
         """Handle every settled notice file once; returns the files handled."""

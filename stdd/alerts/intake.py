@@ -214,7 +214,7 @@ class KafkaIntake:
         except BaseException as e:  # the thread ends: say so; ensure_running() starts another
             self.monitor.error(f"the consumer thread ended: {type(e).__name__}: {e}", level="ERROR", exc_info=True)
             self.monitor.connection(False, "consumer thread ended")
-            raise
+            # the thread ends here (logged above with its traceback)
 
     def _run(self) -> None:
         backoff = 1.0
