@@ -15,6 +15,7 @@ minute, so a broker that stays away does not flood the audit log), and answers `
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from datetime import datetime, timezone
@@ -22,7 +23,7 @@ from typing import Any, Callable
 
 log = logging.getLogger("stdd.alerts")
 
-#: the same error text is recorded as an event at most this often (it is always logged)
+#: the same error text (numbers aside) is recorded as an event at most this often (it is always logged)
 EVENT_REPEAT_SECONDS = 60.0
 
 EventCallback = Callable[[str, str, str, dict], None]  # (kind, message, level, data)
@@ -85,10 +86,11 @@ class LoopMonitor:
         with self._lock:
             self.last_error, self.last_error_at = text, now
             self.errors += 1
-            last = self._recorded.get(text)
+            key = re.sub(r"\d+", "#", text)  # "... (after 5005ms ...)": the same error, other numbers
+            last = self._recorded.get(key)
             record = last is None or now - last >= EVENT_REPEAT_SECONDS
             if record:
-                self._recorded[text] = now
+                self._recorded[key] = now
                 if len(self._recorded) > 200:
                     self._recorded = {k: v for k, v in self._recorded.items() if now - v < EVENT_REPEAT_SECONDS}
         log.log(logging.ERROR if level == "ERROR" else logging.WARNING, "%s: %s", self.name, text, exc_info=exc_info)
