@@ -115,8 +115,9 @@ def _v2(db: "sqlite_utils.Database") -> None:
     conn.execute("ALTER TABLE alert_messages ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0")
     conn.execute("ALTER TABLE actions ADD COLUMN runs INTEGER NOT NULL DEFAULT 0")
     seen: set[str] = set()
-    rows = conn.execute('SELECT id, raw, "offset" FROM alert_messages ORDER BY id').fetchall()
-    for mid, raw, offset in rows:
+    ids = [r[0] for r in conn.execute("SELECT id FROM alert_messages ORDER BY id").fetchall()]
+    for mid in ids:  # one row at a time: LVK notices are ~1 MB each
+        raw, offset = conn.execute('SELECT raw, "offset" FROM alert_messages WHERE id = ?', (mid,)).fetchone()
         digest = hashlib.sha256(bytes(raw)).hexdigest()
         if offset is None:
             if digest in seen:
