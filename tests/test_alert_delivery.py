@@ -139,7 +139,7 @@ def claimed_then_stopped(tmp_path, state: str, **action):
     first = AlertService(db, settings)
     first.runner.close()  # nothing submitted runs: as if stdd stopped right after the commit
     out = first.handle(IntakeMessage(swift_voevent(8830), TOPIC, 0, 1))
-    assert out.state == "parsed" and out.futures == []
+    assert out.state == "parsed" and out.futures == [] and len(out.action_ids) == 1  # claimed, not started
     action_id = first.store.actions_for_alert(out.alert_id)[0]["id"]
     if state == "running":
         first.store.start_action(action_id)

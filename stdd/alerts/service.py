@@ -130,13 +130,16 @@ class AlertService:
                 hint = msg["topic"][5:]
             try:
                 alert = parse_notice(msg["raw"], topic, hint=hint, credible_level=self.cfg.credible_level)
-            except NoticeError as e:
+            except Exception as e:  # unreadable; a parser bug too: recorded once, not retried forever
+                why = str(e) if isinstance(e, NoticeError) else f"the parser failed: {type(e).__name__}: {e}"
+                if not isinstance(e, NoticeError):
+                    log.exception("message %s on %s: %s", message_id, msg["topic"], why)
                 self.counts["errors"] += 1
                 with self.db.write():
-                    self.store.set_message(message_id, "error", error=str(e))
-                    self.events.add("alert.error", f"unreadable notice on {msg['topic']}: {e}", level="WARNING",
+                    self.store.set_message(message_id, "error", error=why)
+                    self.events.add("alert.error", f"unreadable notice on {msg['topic']}: {why}", level="WARNING",
                                     data={"message_id": message_id})
-                return Outcome(message_id, "error", error=str(e))
+                return Outcome(message_id, "error", error=why)
             fault_point("alert.parsed")
             if alert.role == "control":
                 self.counts["control"] += 1
@@ -167,9 +170,8 @@ class AlertService:
             self.counts["alerts"] += 1
             self.counts["acted"] += int(decision.act)
             for claims, alert_dict in to_submit:
-                started = self.runner.submit(claims, alert_dict)
-                outcome.action_ids += [a for a, _ in started]
-                outcome.futures += [f for _, f in started]
+                outcome.action_ids += [c.action_id for c in claims]
+                outcome.futures += [f for _, f in self.runner.submit(claims, alert_dict)]
             return outcome
 
     def _duplicate(self, message_id: int, alert: Alert) -> Outcome:
