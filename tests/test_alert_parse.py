@@ -275,8 +275,10 @@ def test_json_error_forms():
     # a 2.41 x 0.353 deg box (0.850 deg2) at 90 %: the circle of the same area
     assert rect.error_radius_deg == pytest.approx(math.sqrt(2.409 * 0.3527 / math.pi), rel=0.01)
     assert "known_source" not in rect.flags
-    noerr = parse_notice(notice_json())
-    assert noerr.error_radius_deg is None and screen(noerr)[0]
+    noerr = parse_notice(notice_json())  # a position without an error: no localisation, no action
+    assert noerr.error_radius_deg is None and noerr.stated_error_deg is None
+    ok, why = screen(noerr)
+    assert not ok and "without an error region" in why
     sys_err = parse_notice(notice_json(ra_dec_error=3.0, systematic_error=4.0))
     assert sys_err.error_radius_deg == pytest.approx(5.0)
 

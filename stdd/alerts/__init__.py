@@ -10,12 +10,15 @@ Parsing (pure, no I/O)::
 
 Handling messages end to end (store → parse → dedupe → decide → act → record)::
 
-    service = AlertService(db: stdd.store.Database, settings: Settings)
-    service.recover()                       # at start-up: unprocessed messages, unstarted actions
+    service = AlertService(db: stdd.store.Database, settings: Settings)   # its connection: fsync'd commits
+    service.recover()                       # at start-up: pending/interrupted actions, live alerts without
+                                            # claims, unprocessed messages (docs/alerts-delivery.md)
     outcome = service.handle(IntakeMessage(value=raw, topic=..., partition=..., offset=...))
+    # when handle returns the message, its alert and its action claims are on disk (one transaction)
     outcome.state       # parsed | duplicate | control | error | already-processed
     outcome.decision    # Decision(act, kind=observe|cancel|ignore, reason, priority, actions, visibility)
-    # actions run on the service's own thread pool; a retraction runs "cancel" through the same actions
+    # actions run on the service's own thread pool after the commit; a retraction runs "cancel"
+    # through the same actions
     service.live_regions(now) -> list[LiveRegion]   # highest priority first
     service.regions_for_footprint({'ra':..,'dec':..,'radius':..} | corners, now) -> overlapping LiveRegions
     service.alerts_at(ra, dec, now) -> alert ids containing each position (candidate flags)
@@ -31,12 +34,20 @@ A LiveRegion (one live alert's 90 % region; skymaps as their credible-area MOC):
     region.alert_id, .priority, .radius_deg, .kind, .live_until
     region.stage_region()                    # dict for stdd.stages.base.Region(**...)
 
-Intakes, each on its own thread, calling `on_message(IntakeMessage)` (use `service.handle`)::
+Intakes, each on its own supervised thread, calling `on_message(IntakeMessage)` (use `service.handle`)::
 
-    kafka = KafkaIntake(settings, service.handle); kafka.start(); kafka.status(); kafka.stop()
-        # status: connected, last_heartbeat (+ age), messages_received/stored, last_error, ...
+    kafka = KafkaIntake(settings, service.handle, on_event=cb); kafka.start(); kafka.status(); kafka.stop()
+        # status: connected, last_heartbeat (+ age), last_poll_at, messages_received/stored, last_error, ...
         # each message is stored by on_message BEFORE its offset is committed
-    drop = DropFolderIntake(settings, service.handle); drop.start(); drop.stop()   # settings.paths.alert_drop
+    drop = DropFolderIntake(settings, service.handle, on_event=cb); drop.start(); drop.stop()  # paths.alert_drop
+    intake.health()  -> {"ok", "stalled", "detail", ...}   # stalled: our own loop is stuck
+    intake.ensure_running()                                 # start a new thread if it has ended
+        # cb(kind, message, level, data): errors and connection changes, for the events table
+
+The daemon's side (`link.AlertLink`): a daemon Service and RegionProvider; `health()` sums up its
+intakes for /health and the systemd watchdog (stalled → stop pinging).
+
+Which positions count as a localisation (error radius 0 or none, placeholders): `localisation.py`.
 
 Benchmark: `stdd.alerts.latency.measure_latency(bootstrap, workdir, n)` → p50/p99 of
 notice-produced → action-started against a broker.

@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from . import gcn
+from .localisation import set_position
 from .notice import Alert, NoticeError
 from .region import Circle, RegionError
 
@@ -318,7 +319,9 @@ def _position(alert: Alert, w, d: _Decoded, label: str) -> None:
                           f"(ra {ra_raw * 1e-4:g}, dec {dec_raw * 1e-4:g} deg)")
     if err is not None and (err < 0 or not math.isfinite(err)):
         raise NoticeError(f"classic binary packet of {label}: negative error radius {err:g} deg")
-    alert.ra, alert.dec = (ra_raw * 1e-4) % 360.0, dec_raw * 1e-4
+    alert.stated_error_deg = err
+    if not set_position(alert, ra_raw * 1e-4, dec_raw * 1e-4):
+        return
     if err:
         containment = gcn.voevent_containment(alert.notice_type, alert.mission)
         try:

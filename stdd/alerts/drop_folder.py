@@ -8,6 +8,11 @@ ignored (write elsewhere and rename in, as the request_file action does). A hand
 moves to `done/`; one that is not a readable notice to `failed/` with a `.error` note beside it.
 The file name is the parser's hint for notices that do not name themselves (e.g. a classic
 JSON notice saved as SWIFT_BAT_GRB_POS_ACK.json).
+
+A file is moved only after `on_message` returned, i.e. once its message is on disk; a crash
+before the move leaves the file, and the next scan hands it over again: the service knows its
+bytes (SHA-256) and answers "duplicate" without acting twice. Like the Kafka intake, the loop
+beats a `LoopMonitor` each scan, so `health()` tells a stuck watcher (`stalled`) from a healthy one.
 """
 from __future__ import annotations
 
@@ -20,47 +25,83 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from ..faults import fault_point
 from .service import IntakeMessage
+from .supervision import EventCallback, LoopMonitor
 
 log = logging.getLogger("stdd.alerts.drop")
 IGNORE = (".*", "*.part", "*.tmp", "*~")
+#: the watcher is stuck after this long without a scan, beyond its poll interval's three times
+STALL_MARGIN_S = 30.0
 
 
 class DropFolderIntake:
-    def __init__(self, settings, on_message: Callable[[IntakeMessage], Any], folder: Path | None = None):
+    def __init__(self, settings, on_message: Callable[[IntakeMessage], Any], folder: Path | None = None, *,
+                 on_event: EventCallback | None = None, stall_after: float | None = None):
         self.folder = Path(folder or settings.paths.alert_drop)
         self.poll = settings.alerts.drop_poll_seconds
         self.settle = settings.alerts.drop_settle_seconds
         self.on_message = on_message
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._running = False
         self._seen: dict[Path, tuple[int, float, float]] = {}  # path -> (size, mtime, first seen unchanged)
-        self._status: dict[str, Any] = {"folder": str(self.folder), "files": 0, "failed": 0, "last_error": None}
+        self.monitor = LoopMonitor("drop folder", stall_after if stall_after is not None
+                                   else 3 * self.poll + STALL_MARGIN_S, on_event=on_event)
+        self._status: dict[str, Any] = {"folder": str(self.folder), "files": 0, "failed": 0, "duplicates": 0,
+                                        "thread_restarts": 0}
 
     def start(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        if self._thread and self._thread.is_alive():
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="stdd-alert-drop", daemon=True)
-        self._thread.start()
+        with self._lock:
+            if self._thread and self._thread.is_alive():
+                return
+            self._stop.clear()
+            self._running = True
+            self._thread = threading.Thread(target=self._run, name="stdd-alert-drop", daemon=True)
+            self._thread.start()
+
+    def ensure_running(self) -> bool:
+        """Start a new watcher thread if the one started has ended; True when one was started."""
+        with self._lock:
+            dead = self._running and not self._stop.is_set() and not (self._thread and self._thread.is_alive())
+            if dead:
+                self._status["thread_restarts"] += 1
+        if dead:
+            self.monitor.error("the watcher thread had ended: started again", level="ERROR")
+            self.start()
+        return dead
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        with self._lock:
+            self._running = False
 
     def status(self) -> dict[str, Any]:
-        return {**self._status, "alive": bool(self._thread and self._thread.is_alive())}
+        return {**self._status, **self.monitor.snapshot(), "alive": bool(self._thread and self._thread.is_alive())}
+
+    def health(self) -> dict[str, Any]:
+        with self._lock:
+            running = self._running and not self._stop.is_set()
+        h = self.monitor.health(running=running, alive=bool(self._thread and self._thread.is_alive()))
+        h.update(folder=str(self.folder), files=self._status["files"])
+        return h
 
     def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.scan()
-            except Exception as e:  # keep watching whatever happened
-                log.exception("drop folder scan failed")
-                self._status["last_error"] = f"{type(e).__name__}: {e}"
-            self._stop.wait(self.poll)
+        try:
+            while not self._stop.is_set():
+                self.monitor.beat()
+                try:
+                    self.scan()
+                except Exception as e:  # keep watching whatever happened
+                    self.monitor.error(f"scan of {self.folder} failed: {type(e).__name__}: {e}", exc_info=True)
+                self._stop.wait(self.poll)
+        except BaseException as e:  # the thread ends: say so; ensure_running() starts another
+            self.monitor.error(f"the watcher thread ended: {type(e).__name__}: {e}", level="ERROR", exc_info=True)
+            # the thread ends here (logged above with its traceback)
 
     def scan(self, now: float | None = None) -> list[Path]:
         """Handle every settled notice file once; returns the files handled."""
@@ -101,12 +142,15 @@ class DropFolderIntake:
                                                     timestamp=path.stat().st_mtime))
         except Exception as e:
             # not recorded: leave the file for the next scan
-            self._status["last_error"] = f"{path.name}: {type(e).__name__}: {e}"
-            log.exception("drop folder: handling %s failed", path)
+            self.monitor.error(f"handling {path.name} failed (the file stays for the next scan): "
+                               f"{type(e).__name__}: {e}", exc_info=True)
             return
+        fault_point("alert.drop_done")
         self._seen.pop(path, None)
         self._status["files"] += 1
         state = getattr(outcome, "state", None)
+        if state == "duplicate":
+            self._status["duplicates"] += 1
         target = self.folder / ("failed" if state == "error" else "done")
         target.mkdir(exist_ok=True)
         dest = target / path.name

@@ -16,6 +16,7 @@ import math
 import re
 
 from . import gcn
+from .localisation import set_position
 from .notice import Alert, NoticeError
 from .region import Circle, Ellipse, Polygon, RegionError, Skymap
 
@@ -168,9 +169,13 @@ def parse_json_notice(data: dict, raw: bytes, topic: str | None = None, hint: st
             alert.significance["far_hz" if key == "far" else key] = v
     if family and family.split(".")[-1] == "known":
         alert.flags.append("known_source")
+        alert.exact_position = alert.exact_position or f"a known source ({family} notice)"
     if data.get("known_source"):
         alert.flags.append("known_source")
         alert.extra["known_source"] = data["known_source"]
+        alert.exact_position = alert.exact_position or f"the known source {data['known_source']}"
+    if data.get("reference_catalog") and alert.ra is not None:
+        alert.exact_position = alert.exact_position or f"a catalogued source ({data['reference_catalog']})"
     return alert
 
 
@@ -189,13 +194,13 @@ def _localize(alert: Alert, data: dict) -> None:
                 loc = candidate
                 break
     ra, dec = _float(loc.get("ra")), _float(loc.get("dec"))
-    if ra is None or dec is None or not -90 <= dec <= 90:
+    if not set_position(alert, loc.get("ra"), loc.get("dec")):
         if data.get("rectangular_error_corners"):
             ra = dec = None  # a box without a centre: still usable below
         else:
             return
-    if ra is not None:
-        alert.ra, alert.dec = ra % 360.0, dec
+    if loc is not data and loc is not data.get("localization") and (loc.get("event_name") or loc.get("name")):
+        alert.exact_position = f"the position of the named target {loc.get('event_name') or loc.get('name')}"
     err_src = loc if ("ra_dec_error" in loc or "rectangular_error_corners" in loc) else data
     if loc is data.get("most_probable_direction") and isinstance(data.get("coincident_events"), list):
         # IceCube's LVK search: the error of the coincident event nearest the most probable direction
@@ -222,6 +227,11 @@ def _localize(alert: Alert, data: dict) -> None:
         if v and v > 0:
             sys_err = v * scale
     err = err_src.get("ra_dec_error")
+    first = err[0] if isinstance(err, list) and err else err
+    if _float(first) is not None:
+        alert.stated_error_deg = _float(first) * scale
+    elif first is not None:
+        alert.flags.append(f"bad_error_region: ra_dec_error {err!r} is not a number")
     corners = err_src.get("rectangular_error_corners")
     try:
         if isinstance(corners, list) and len(corners) >= 3:

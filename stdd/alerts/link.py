@@ -7,6 +7,12 @@ tells the daemon which frames cover a live alert (from the frame header's WCS fo
 hands the live regions to the stages, which flag candidates inside them and measure the
 position of small error circles. When an alert becomes live, queued frames are re-prioritised
 at once. The service has its own database connection: its intakes write from their threads.
+
+Supervision: every SUPERVISE_EVERY_SECONDS the link starts again an intake whose thread has
+ended, and `health()` (which the daemon puts in /health, and for which it stops the systemd
+watchdog when `stalled`) sums up the intakes: `ok` when each runs (and Kafka, when enabled, is
+connected), `stalled` only when one of our own loops is stuck. Intake errors and connection
+changes are recorded as `alert.intake` events.
 """
 from __future__ import annotations
 
@@ -25,6 +31,7 @@ from .service import AlertService, IntakeMessage, Outcome
 log = logging.getLogger("stdd.alerts")
 
 EXPIRE_EVERY_SECONDS = 60.0
+SUPERVISE_EVERY_SECONDS = 5.0
 
 
 def header_footprint(path: Path) -> dict | None:
@@ -99,12 +106,12 @@ class AlertLink(AlertRegionProvider):
         self.db = await asyncio.to_thread(Database, self.settings.paths.database)
         self.service = AlertService(self.db, self.settings)
         await asyncio.to_thread(self.service.recover)
-        self.drop = DropFolderIntake(self.settings, self._on_message)
+        self.drop = DropFolderIntake(self.settings, self._on_message, on_event=self._intake_event)
         self.drop.start()
         if cfg.kafka.enabled:
-            self.kafka = KafkaIntake(self.settings, self._on_message)
+            self.kafka = KafkaIntake(self.settings, self._on_message, on_event=self._intake_event)
             self.kafka.start()
-        self._expire_task = asyncio.create_task(self._expire_loop())
+        self._expire_task = asyncio.create_task(self._supervise_loop())
         log.info("alerts: drop folder %s%s", self.settings.paths.alert_drop,
                  f", Kafka topics {len(cfg.kafka.topics)}" if self.kafka else ", Kafka off")
 
@@ -129,6 +136,24 @@ class AlertLink(AlertRegionProvider):
             out["drop_folder"] = self.drop.status()
         return out
 
+    def health(self) -> dict[str, Any]:
+        """{"ok", "stalled", "detail", "drop_folder": {...}, "kafka": {...} | None}.
+
+        `stalled` is true only when one of our own intake loops is stuck (the daemon then stops
+        the systemd watchdog); a broker that cannot be reached is `ok: false, stalled: false`."""
+        if self.service is None or self.drop is None:
+            return {"ok": False, "stalled": False, "detail": "alert handling has not started", "drop_folder": None,
+                    "kafka": None}
+        parts = [self.drop.health()]
+        if self.kafka is not None:
+            parts.append(self.kafka.health())
+        bad = [p for p in parts if not p["ok"]]
+        return {
+            "ok": not bad, "stalled": any(p["stalled"] for p in parts),
+            "detail": "; ".join(p["detail"] for p in (bad or parts)),
+            "drop_folder": parts[0], "kafka": parts[1] if self.kafka is not None else None,
+        }
+
     def handle(self, raw: bytes, hint: str | None = None) -> Outcome:
         """A notice handed over directly (POST /alerts): handled like one from Kafka."""
         return self._on_message(IntakeMessage(value=raw, topic=f"http:{hint}" if hint else "http", hint=hint))
@@ -141,9 +166,20 @@ class AlertLink(AlertRegionProvider):
             self._loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._daemon.reprioritize()))
         return outcome
 
-    async def _expire_loop(self) -> None:
+    def _intake_event(self, kind: str, message: str, level: str, data: dict) -> None:
+        if self.service is not None:
+            self.service.events.add(kind, message, level=level, data=data)
+
+    async def _supervise_loop(self) -> None:
+        last_expire = 0.0
         while True:
-            await asyncio.sleep(EXPIRE_EVERY_SECONDS)
+            await asyncio.sleep(SUPERVISE_EVERY_SECONDS)
+            for intake in (self.drop, self.kafka):
+                if intake is not None:
+                    intake.ensure_running()
+            if self._loop.time() - last_expire < EXPIRE_EVERY_SECONDS:
+                continue
+            last_expire = self._loop.time()
             try:
                 await asyncio.to_thread(self.service.expire)
             except Exception as e:

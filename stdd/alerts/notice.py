@@ -40,6 +40,8 @@ class Alert:
     created: str | None = None                # when the notice was written
     ra: float | None = None
     dec: float | None = None
+    stated_error_deg: float | None = None     # the error radius as stated (0, negative: no localisation); None: none
+    exact_position: str | None = None         # why a position without an error is exact (catalogued source, ...)
     region: Circle | Ellipse | Polygon | None = None
     skymap: Skymap | None = None
     skymap_url: str | None = None
@@ -111,6 +113,8 @@ class Alert:
             "ra": _num(self.ra),
             "dec": _num(self.dec),
             "error_radius_deg": _num(self.error_radius_deg),
+            "stated_error_deg": _num(self.stated_error_deg),
+            "exact_position": self.exact_position,
             "region": region,
             "has_skymap": self.has_skymap,
             "skymap": skymap,

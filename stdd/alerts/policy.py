@@ -2,7 +2,8 @@
 
 Design note: two layers. `screen(alert)` holds what no configuration may override — test and
 mock notices, control packets and retractions never trigger an observation; neither does a
-non-astrophysical classification, a missing position or an all-sky region. `Policy.decide`
+non-astrophysical classification, a missing position, a position that is no localisation
+(localisation.py: error radius 0 or none, placeholder values) or an all-sky region. `Policy.decide`
 then applies the configured rules in order (first match wins: missions, notice types and
 roles as case-insensitive globs, a maximum 90 % error radius, visibility) and returns a
 `Decision` with the rule's priority and action names. A retraction decides "cancel".
@@ -24,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from .localisation import localisation_problem
 from .notice import Alert
 from .region import angular_separation
 
@@ -55,6 +57,9 @@ def screen(alert: Alert) -> tuple[bool, str | None]:
         return False, f"retraction of {alert.retracts or 'an earlier notice'}"
     if alert.not_astrophysical:
         return False, alert.not_astrophysical
+    problem = localisation_problem(alert)
+    if problem:
+        return False, problem
     if not alert.has_position:
         why = "no usable position"
         if alert.skymap_error:

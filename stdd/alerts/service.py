@@ -2,12 +2,21 @@
 
 Design note: the service is synchronous and cheap (parsing, a policy decision, a few
 SQLite writes; a 1 MB LVK skymap decodes in ~0.1 s). It is called from the intake threads
-(Kafka, drop folder), never from the daemon's event loop; the slow part, running actions,
-goes to the ActionRunner's pool. Processing is serialised by a lock, so "is this notice new?"
-and "record it" cannot interleave between two intakes.
+(Kafka, drop folder, HTTP), never from the daemon's event loop; the slow part, running
+actions, goes to the ActionRunner's pool. Processing is serialised by a lock, so "is this
+notice new?" and "record it" cannot interleave between two intakes.
 
-De-duplication has two keys: the message's (topic, partition, offset) — a redelivery after a
-crash — and the notice id (IVORN, LVK superevent+type+time, or a key built from a JSON
+Two commits per message, each fsync'd (`AlertStore(durable=True)`): the raw message first
+(so a notice that crashes the parser is kept, and given up after MAX_ATTEMPTS), then ONE
+transaction holding the alert row, the message's new state, the audit event and the action
+claims (for a retraction: the retracted alerts' new state and the cancel claims). Actions are
+submitted only after that commit, so a crash anywhere leaves either no trace of the alert
+(the message is processed again at the next start) or the alert with its claims (which
+`recover` runs). See docs/alerts-delivery.md.
+
+De-duplication has three keys: the message's (topic, partition, offset) — a Kafka redelivery
+after a crash; the SHA-256 of a message without an offset (drop folder, HTTP) — the same file
+or POST again; and the notice id (IVORN, LVK superevent+type+time, or a key built from a JSON
 notice) — the same notice sent twice or through two routes. Either way, no action runs twice.
 """
 from __future__ import annotations
@@ -18,15 +27,20 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..faults import fault_point
 from ..store.alerts import AlertStore
 from ..store.events import EventLog
-from .actions import ActionRunner
+from .actions import ActionRunner, Claim
 from .notice import Alert, NoticeError
 from .parse import parse_notice
 from .policy import Decision, Policy, screen
+from .recovery import claim_missing_actions, resume_actions
 from .region import LiveRegion, RegionError
 
 log = logging.getLogger("stdd.alerts")
+
+#: processing attempts of a stored message before it is given up (each one ended with stdd stopping)
+MAX_ATTEMPTS = 3
 
 
 @dataclass
@@ -63,16 +77,18 @@ class Outcome:
 
 
 class AlertService:
-    def __init__(self, db, settings, *, clock=time.time, runner: ActionRunner | None = None):
+    def __init__(self, db, settings, *, clock=time.time, runner: ActionRunner | None = None, durable: bool = True):
+        """`durable=False` (benchmarks only) leaves the connection's commits un-fsync'd."""
         self.db = db
         self.settings = settings
         self.cfg = settings.alerts
         self.clock = clock
-        self.store = AlertStore(db)
+        self.store = AlertStore(db, durable=durable)
         self.events = EventLog(db)
         self.policy = Policy(settings.alerts, settings.site)
         self.runner = runner or ActionRunner(self.store, settings, on_event=self._action_event)
         self._lock = threading.RLock()
+        self.resumed: list = []  # futures of the actions `recover` ran again
         self.counts = {"messages": 0, "alerts": 0, "duplicates": 0, "errors": 0, "control": 0, "acted": 0}
 
     # -- intake entry points -------------------------------------------------------------
@@ -82,8 +98,16 @@ class AlertService:
                                       msg.partition, msg.offset, self.clock())
 
     def handle(self, msg: IntakeMessage) -> Outcome:
-        """Store, then process. Usable directly as the `on_message` of KafkaIntake or DropFolderIntake."""
-        message_id, _ = self.store_message(msg)
+        """Store, then process. Usable directly as the `on_message` of KafkaIntake or DropFolderIntake.
+
+        When it returns, what the message carries is on disk (fsync'd): the intake may acknowledge it."""
+        fault_point("alert.received")
+        message_id, created = self.store_message(msg)
+        fault_point("alert.stored")
+        if not created and msg.offset is None:
+            row = self.store.get_message(message_id)
+            if row is not None and row["state"] != "received":
+                return self._same_bytes(row)
         return self.process_message(message_id, hint=msg.hint)
 
     def handle_message(self, raw: bytes, topic: str | None = None, partition: int | None = None,
@@ -106,12 +130,17 @@ class AlertService:
                 hint = msg["topic"][5:]
             try:
                 alert = parse_notice(msg["raw"], topic, hint=hint, credible_level=self.cfg.credible_level)
-            except NoticeError as e:
+            except Exception as e:  # unreadable; a parser bug too: recorded once, not retried forever
+                why = str(e) if isinstance(e, NoticeError) else f"the parser failed: {type(e).__name__}: {e}"
+                if not isinstance(e, NoticeError):
+                    log.exception("message %s on %s: %s", message_id, msg["topic"], why)
                 self.counts["errors"] += 1
-                self.store.set_message(message_id, "error", error=str(e))
-                self.events.add("alert.error", f"unreadable notice on {msg['topic']}: {e}", level="WARNING",
-                                data={"message_id": message_id})
-                return Outcome(message_id, "error", error=str(e))
+                with self.db.write():
+                    self.store.set_message(message_id, "error", error=why)
+                    self.events.add("alert.error", f"unreadable notice on {msg['topic']}: {why}", level="WARNING",
+                                    data={"message_id": message_id})
+                return Outcome(message_id, "error", error=why)
+            fault_point("alert.parsed")
             if alert.role == "control":
                 self.counts["control"] += 1
                 self.store.set_message(message_id, "control", alert.id)
@@ -122,21 +151,27 @@ class AlertService:
             actionable, screen_reason = screen(alert)
             decision = self.policy.decide(alert, now)
             row = self._alert_row(alert, message_id, now, actionable, screen_reason, decision)
-            if not self.store.add_alert(row):
-                return self._duplicate(message_id, alert)
-            self.counts["alerts"] += 1
-            self.store.set_message(message_id, "parsed", alert.id)
             outcome = Outcome(message_id, "parsed", alert.id, decision)
-            self.events.add("alert.received", _summary(alert, decision), alert_id=alert.id,
-                            data={"decision": decision.to_dict(), "message_id": message_id})
-            if decision.kind == "cancel":
-                self._retract(alert, now, outcome)
-            elif decision.act:
-                self.counts["acted"] += 1
-                self._supersede(alert, now)
-                started = self.runner.dispatch(alert.id, decision.actions, "observe", row["parsed"], decision.to_dict())
-                outcome.action_ids = [a for a, _ in started]
-                outcome.futures = [f for _, f in started]
+            to_submit: list[tuple[list[Claim], dict]] = []
+            with self.db.write():  # ONE transaction: alert, message state, event, claims
+                if not self.store.add_alert(row):
+                    return self._duplicate(message_id, alert)
+                self.store.set_message(message_id, "parsed", alert.id)
+                self.events.add("alert.received", _summary(alert, decision), alert_id=alert.id,
+                                data={"decision": decision.to_dict(), "message_id": message_id})
+                if decision.kind == "cancel":
+                    to_submit = self._retract(alert, now)
+                elif decision.act:
+                    self._supersede(alert, now)
+                    to_submit = [(self.runner.claim(alert.id, decision.actions, "observe", decision.to_dict()),
+                                  row["parsed"])]
+                fault_point("alert.claimed")
+            fault_point("alert.committed")
+            self.counts["alerts"] += 1
+            self.counts["acted"] += int(decision.act)
+            for claims, alert_dict in to_submit:
+                outcome.action_ids += [c.action_id for c in claims]
+                outcome.futures += [f for _, f in self.runner.submit(claims, alert_dict)]
             return outcome
 
     def _duplicate(self, message_id: int, alert: Alert) -> Outcome:
@@ -144,6 +179,15 @@ class AlertService:
         self.store.set_message(message_id, "duplicate", alert.id)
         log.info("duplicate notice %s (message %s): no action", alert.id, message_id)
         return Outcome(message_id, "duplicate", alert.id)
+
+    def _same_bytes(self, row: dict) -> Outcome:
+        """A message without an offset whose bytes were handled before (a file dropped again, a POST repeated)."""
+        self.counts["duplicates"] += 1
+        log.info("message %s: the same bytes as before (%s deliveries, %s): no action", row["id"],
+                 row.get("deliveries"), row["state"])
+        if row["state"] == "error":
+            return Outcome(row["id"], "error", row.get("alert_id"), error=row.get("error"))
+        return Outcome(row["id"], "duplicate", row.get("alert_id"))
 
     def _alert_row(self, alert: Alert, message_id: int, now: float, actionable: bool, screen_reason: str | None,
                    decision: Decision) -> dict:
@@ -175,9 +219,11 @@ class AlertService:
             if prior["state"] == "live":
                 self.store.update_alert(prior["id"], state="superseded", live_until=now)
 
-    def _retract(self, alert: Alert, now: float, outcome: Outcome) -> None:
+    def _retract(self, alert: Alert, now: float) -> list[tuple[list[Claim], dict]]:
+        """Inside the alert's transaction: retract the earlier notices of the event, claim their cancels."""
         if not alert.retracts:
-            return
+            return []
+        out = []
         for prior in self.store.alerts_for_event(alert.mission, alert.retracts, exclude=alert.id):
             if prior.get("retraction"):
                 continue
@@ -185,12 +231,11 @@ class AlertService:
                 self.store.update_alert(prior["id"], state="retracted", live_until=min(now, prior["live_until"] or now))
             done = [a["name"] for a in self.store.actions_for_alert(prior["id"], "observe")]
             if done:
-                started = self.runner.dispatch(prior["id"], done, "cancel", prior["parsed"],
-                                               {"kind": "cancel", "retraction": alert.id})
-                outcome.action_ids += [a for a, _ in started]
-                outcome.futures += [f for _, f in started]
+                out.append((self.runner.claim(prior["id"], done, "cancel", {"kind": "cancel", "retraction": alert.id}),
+                            prior["parsed"]))
             self.events.add("alert.retracted", f"{prior['id']} retracted by {alert.id}", alert_id=prior["id"],
                             data={"retraction": alert.id, "cancelled_actions": done})
+        return out
 
     def _action_event(self, action_id, alert_id, name, purpose, row) -> None:
         state = row.get("state") if row else "?"
@@ -198,24 +243,35 @@ class AlertService:
         self.events.add("alert.action", f"{name} ({purpose}) for {alert_id}: {state}", alert_id=alert_id,
                         level=level, data={"action_id": action_id, "exit_code": row.get("exit_code") if row else None,
                                            "http_status": row.get("http_status") if row else None,
-                                           "error": row.get("error") if row else None})
+                                           "error": row.get("error") if row else None,
+                                           "run": row.get("runs") if row else None})
 
     # -- recovery and queries ------------------------------------------------------------
     def recover(self) -> list[Outcome]:
-        """At start-up: process stored-but-unprocessed messages; run claimed-but-unstarted actions.
+        """At start-up, before the intakes start: finish what a stop or crash left half-done.
 
-        An action found 'running' was interrupted mid-way; it is marked failed, not run again
-        (running it twice could observe twice).
+        1. claimed actions left pending or running are run (again) — see `resume_actions`;
+        2. live alerts that should have acted but have no claim (left by an stdd older than the
+           one-transaction path) get their claims and run;
+        3. stored messages never processed are processed, unless MAX_ATTEMPTS attempts each
+           ended with stdd stopping (a notice that crashes stdd): then they are marked error.
+        Returns the outcomes of step 3.
         """
-        outcomes = [self.process_message(m["id"]) for m in self.store.unprocessed_messages()]
-        for row in self.store.unfinished_actions():
-            if row["state"] == "running":
-                self.store.finish_action(row["id"], "failed", error="interrupted: stdd stopped while it ran")
-                continue
-            alert = self.store.get_alert(row["alert_id"])
-            if alert is not None:
-                self.runner.resume(row, alert["parsed"], alert.get("decision"))
-        return outcomes
+        with self._lock:
+            self.resumed = resume_actions(self) + claim_missing_actions(self)
+            outcomes = []
+            for m in self.store.unprocessed_messages():
+                if (m.get("attempts") or 0) >= MAX_ATTEMPTS:
+                    why = f"given up: {m['attempts']} processing attempts each ended with stdd stopping"
+                    with self.db.write():
+                        self.store.set_message(m["id"], "error", error=why)
+                        self.events.add("alert.error", f"message {m['id']} on {m['topic']}: {why}", level="ERROR",
+                                        data={"message_id": m["id"]})
+                    outcomes.append(Outcome(m["id"], "error", error=why))
+                    continue
+                self.store.count_attempt(m["id"])
+                outcomes.append(self.process_message(m["id"]))
+            return outcomes
 
     def live_regions(self, now: float | None = None) -> list[LiveRegion]:
         """Regions of live alerts (highest priority first), for frame priority and candidate flags."""

@@ -11,6 +11,7 @@ import math
 import re
 
 from . import gcn
+from .localisation import set_position
 from .notice import Alert, NoticeError
 from .region import SIGMA_2D, Circle, RegionError
 
@@ -102,11 +103,11 @@ def parse_text_notice(raw: bytes, topic: str | None = None) -> Alert:
 
     ra = next((_degrees(f[k]) for k in ("GRB_RA", "SRC_RA", "EVENT_RA", "TRANS_RA", "RA") if k in f), None)
     dec = next((_degrees(f[k]) for k in ("GRB_DEC", "SRC_DEC", "EVENT_DEC", "TRANS_DEC", "DEC") if k in f), None)
-    if ra is not None and dec is not None and -90 <= dec <= 90 and not (ra == 0 and dec == 0):
-        alert.ra, alert.dec = ra % 360.0, dec
+    if ra is not None and dec is not None and set_position(alert, ra, dec):
         keys = [k for k in f if ("ERROR" in k or k.endswith("_ERR")) and "SYS" not in k and "TIME" not in k]
         keys.sort(key=lambda k: ("90" not in k, k))  # a 90 % radius wins when several are given
         err, containment, note = _error(f[keys[0]]) if keys else (None, None, "")
+        alert.stated_error_deg = err
         sys_key = next((k for k in f if "SYS" in k and "ERR" in k), None)
         sys_err = _error(f[sys_key])[0] if sys_key else None
         if err and err > 0:

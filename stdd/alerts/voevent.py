@@ -12,6 +12,7 @@ import math
 import xml.etree.ElementTree as ET
 
 from . import gcn
+from .localisation import set_position, sky_position
 from .notice import Alert, NoticeError
 from .region import Circle, RegionError
 
@@ -151,16 +152,16 @@ def parse_voevent(raw: bytes, topic: str | None = None) -> Alert:
         system = system_elem.get("id", "") if system_elem is not None else ""
         if c1 is not None and c2 is not None:
             ra, dec = c1 * scale, c2 * scale
-            if "GALACTIC" in system.upper():
+            if "GALACTIC" in system.upper() and sky_position(ra, dec) is not None:
                 from astropy.coordinates import SkyCoord
 
                 icrs = SkyCoord(l=ra, b=dec, unit="deg", frame="galactic").icrs
                 ra, dec = float(icrs.ra.deg), float(icrs.dec.deg)
             err_deg = err * scale if err is not None else None
+            alert.stated_error_deg = err_deg
             if ra == 0 and dec == 0 and not err_deg:
                 alert.flags.append("no_localization_yet")
-            elif -90 <= dec <= 90:
-                alert.ra, alert.dec = ra % 360.0, dec
+            elif set_position(alert, ra, dec):
                 if err_deg and err_deg > 0:
                     containment = gcn.voevent_containment(notice_type, alert.mission)
                     sys_deg = _systematic(params, units)
@@ -228,6 +229,8 @@ def parse_voevent(raw: bytes, topic: str | None = None) -> Alert:
                       ("Target_in_Blk_Catalog", "blocked_catalog_source"), ("Near_Bright_Star", "near_bright_star")):
         if gcn.truthy(flags.get(key, "false")) and flag not in alert.flags:
             alert.flags.append(flag)
+            if flag == "known_source":
+                alert.exact_position = f"a catalogued source ({key})"
     if "Most_Likely_Index" in params:
         try:
             idx = int(float(params["Most_Likely_Index"]))

@@ -294,6 +294,9 @@ class ActionSettings(Section):
     retries: int = Field(3, ge=0)
     retry_backoff_seconds: float = Field(2.0, ge=0)
     headers: dict[str, str] = Field(default_factory=dict, description="extra HTTP headers (webhook)")
+    rerun_interrupted: bool = Field(
+        True, description="run again, at the next start, an action that stdd's stop or crash cut short while it "
+                          "ran (at-least-once); false marks it failed instead (at-most-once)")
 
     @model_validator(mode="after")
     def _needs(self):

@@ -1,16 +1,26 @@
 """Alert messages, parsed alerts and the actions taken on them.
 
-Three tables (schema in database.py `_v1`):
-- alert_messages: every message as received (raw bytes, topic, partition, offset), written
-  before its Kafka offset is committed. (topic, partition, offset) is unique, so a message
-  redelivered after a crash is recognised. States: received → parsed | duplicate | control | error.
+Three tables (schema in database.py `_v1`, `_v2`):
+- alert_messages: every message as received (raw bytes, topic, partition, offset, SHA-256),
+  written before its Kafka offset is committed. (topic, partition, offset) is unique, so a
+  message redelivered after a crash is recognised; a message without an offset (drop folder,
+  HTTP) is unique by its SHA-256, so the same bytes twice are one row (`deliveries` counts them).
+  States: received → parsed | duplicate | control | error.
 - alerts: one row per distinct notice (primary key: the notice id / IVORN), so the same
   notice arriving twice is one row. States: live | ignored | retracted | superseded | expired | cancel.
 - actions: one row per (alert, action name, purpose) — unique, so an action is claimed at most
-  once; the claim is committed before the action starts. States: pending → running → done | failed.
+  once; the claim is committed together with its alert (one transaction, see
+  stdd/alerts/service.py) before the action starts. States: pending → running → done | failed;
+  `runs` counts the times it was started.
+
+Durability: `AlertStore(db, durable=True)` switches its connection to `synchronous = FULL`, so
+every commit on it is fsync'd (in WAL mode with NORMAL a commit survives a crash of the process
+but not of the machine). The alert service uses it: a Kafka offset is committed, and a dropped
+file moved away, only after the transaction recording the message is on disk.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from typing import Any, Iterable
@@ -39,24 +49,37 @@ def _enc(value: Any) -> Any:
 
 
 class AlertStore:
-    def __init__(self, db: Database):
+    def __init__(self, db: Database, *, durable: bool = False):
         self.db = db
+        if durable:
+            db.query("PRAGMA synchronous = FULL")
 
     # -- messages ------------------------------------------------------------------------
     def add_message(self, raw: bytes, topic: str | None, partition: int | None = None, offset: int | None = None,
                     received_at: float | None = None) -> tuple[int, bool]:
-        """Record a message; returns (id, created). A known (topic, partition, offset) is not added again."""
+        """Record a message; returns (id, created).
+
+        A known (topic, partition, offset), or for a message without an offset known bytes, is not
+        added again: its delivery is counted and the existing row's id returned. Either way the
+        row's processing attempts go up by one (the caller processes it next)."""
+        raw = bytes(raw)
+        digest = hashlib.sha256(raw).hexdigest()
+        now = received_at or time.time()
         with self.db.write() as conn:
-            if partition is not None and offset is not None:
-                row = conn.execute(
-                    'SELECT id FROM alert_messages WHERE topic = ? AND partition = ? AND "offset" = ?',
-                    (topic, partition, offset)).fetchone()
-                if row is not None:
-                    return int(row[0]), False
+            if offset is not None:
+                row = conn.execute('SELECT id FROM alert_messages WHERE topic IS ? AND partition IS ? AND "offset" = ?',
+                                   (topic, partition, offset)).fetchone()
+            else:
+                row = conn.execute('SELECT id FROM alert_messages WHERE sha256 = ? AND "offset" IS NULL',
+                                   (digest,)).fetchone()
+            if row is not None:
+                conn.execute("UPDATE alert_messages SET deliveries = deliveries + 1, last_received_at = ?,"
+                             " attempts = attempts + (state = 'received') WHERE id = ?", (now, row[0]))
+                return int(row[0]), False
             cur = conn.execute(
-                'INSERT INTO alert_messages (topic, partition, "offset", received_at, raw, state)'
-                " VALUES (?, ?, ?, ?, ?, 'received')",
-                (topic, partition, offset, received_at or time.time(), bytes(raw)))
+                'INSERT INTO alert_messages (topic, partition, "offset", received_at, raw, state, sha256,'
+                " deliveries, last_received_at, attempts) VALUES (?, ?, ?, ?, ?, 'received', ?, 1, ?, 1)",
+                (topic, partition, offset, now, raw, digest, now))
             return int(cur.lastrowid), True
 
     def get_message(self, message_id: int) -> dict | None:
@@ -67,6 +90,13 @@ class AlertStore:
             conn.execute("UPDATE alert_messages SET state = ?, alert_id = COALESCE(?, alert_id), error = ? WHERE id = ?",
                          (state, alert_id, error, message_id))
 
+    def count_attempt(self, message_id: int) -> int:
+        """One more processing attempt of a stored message (recovery); returns the count."""
+        with self.db.write() as conn:
+            conn.execute("UPDATE alert_messages SET attempts = attempts + 1 WHERE id = ?", (message_id,))
+            row = conn.execute("SELECT attempts FROM alert_messages WHERE id = ?", (message_id,)).fetchone()
+            return int(row[0]) if row else 0
+
     def unprocessed_messages(self, limit: int = 1000) -> list[dict]:
         return self.db.query("SELECT * FROM alert_messages WHERE state = 'received' ORDER BY id LIMIT ?", (limit,))
 
@@ -76,7 +106,8 @@ class AlertStore:
 
     def messages(self, limit: int = 100) -> list[dict]:
         return self.db.query('SELECT id, topic, partition, "offset", received_at, alert_id, state, error,'
-                             " length(raw) AS size FROM alert_messages ORDER BY id DESC LIMIT ?", (limit,))
+                             " length(raw) AS size, sha256, deliveries, last_received_at, attempts"
+                             " FROM alert_messages ORDER BY id DESC LIMIT ?", (limit,))
 
     # -- alerts --------------------------------------------------------------------------
     def add_alert(self, row: dict[str, Any]) -> bool:
@@ -142,9 +173,13 @@ class AlertStore:
                 " VALUES (?, ?, ?, ?, 'pending', 0, ?)", (alert_id, name, kind, purpose, _enc(request)))
             return int(cur.lastrowid) if cur.rowcount == 1 else None
 
-    def start_action(self, action_id: int) -> None:
+    def start_action(self, action_id: int) -> int:
+        """Mark an action running (committed); returns its run number (1 the first time)."""
         with self.db.write() as conn:
-            conn.execute("UPDATE actions SET state = 'running', started_at = ? WHERE id = ?", (time.time(), action_id))
+            conn.execute("UPDATE actions SET state = 'running', started_at = ?, runs = runs + 1 WHERE id = ?",
+                         (time.time(), action_id))
+            row = conn.execute("SELECT runs FROM actions WHERE id = ?", (action_id,)).fetchone()
+            return int(row[0]) if row else 1
 
     def finish_action(self, action_id: int, state: str, *, attempts: int | None = None, exit_code: int | None = None,
                       http_status: int | None = None, output: str | None = None, error: str | None = None) -> None:
@@ -168,6 +203,17 @@ class AlertStore:
     def unfinished_actions(self) -> list[dict]:
         return [_decode(r) for r in self.db.query("SELECT * FROM actions WHERE state IN ('pending', 'running')"
                                                   " ORDER BY id")]
+
+    def live_alerts_without_actions(self, now: float | None = None) -> list[dict]:
+        """Live alerts whose decision names actions of which none was claimed (left by a crash of an
+        stdd older than the one-transaction alert path)."""
+        now = time.time() if now is None else now
+        rows = self.db.query(
+            "SELECT * FROM alerts a WHERE state = 'live' AND live_until > ? AND json_extract(decision, '$.act')"
+            " AND json_array_length(json_extract(decision, '$.actions')) > 0"
+            " AND NOT EXISTS (SELECT 1 FROM actions c WHERE c.alert_id = a.id AND c.purpose = 'observe')"
+            " ORDER BY received_at", (now,))
+        return [_decode(r) for r in rows]
 
     def list_actions(self, limit: int = 100, alert_ids: Iterable[str] | None = None) -> list[dict]:
         if alert_ids is not None:

@@ -98,8 +98,40 @@ def _v1(db: "sqlite_utils.Database") -> None:
     db["events"].create_index(["time"])
 
 
+def _v2(db: "sqlite_utils.Database") -> None:
+    """Alert delivery: notices without a Kafka offset (drop folder, HTTP POST) are de-duplicated by
+    the SHA-256 of their bytes; a message counts its deliveries and processing attempts; an action
+    counts its runs (a run interrupted by a crash is run again, see docs/alerts-delivery.md).
+
+    Rows written before v2 get their hash; a later row repeating an earlier row's bytes without a
+    Kafka offset (made by the drop folder retrying a file before v2) keeps `sha256` NULL, so the
+    unique index holds the first copy only."""
+    import hashlib
+
+    conn = db.conn
+    conn.execute("ALTER TABLE alert_messages ADD COLUMN sha256 TEXT")
+    conn.execute("ALTER TABLE alert_messages ADD COLUMN deliveries INTEGER NOT NULL DEFAULT 1")
+    conn.execute("ALTER TABLE alert_messages ADD COLUMN last_received_at FLOAT")
+    conn.execute("ALTER TABLE alert_messages ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0")
+    conn.execute("ALTER TABLE actions ADD COLUMN runs INTEGER NOT NULL DEFAULT 0")
+    seen: set[str] = set()
+    ids = [r[0] for r in conn.execute("SELECT id FROM alert_messages ORDER BY id").fetchall()]
+    for mid in ids:  # one row at a time: LVK notices are ~1 MB each
+        raw, offset = conn.execute('SELECT raw, "offset" FROM alert_messages WHERE id = ?', (mid,)).fetchone()
+        digest = hashlib.sha256(bytes(raw)).hexdigest()
+        if offset is None:
+            if digest in seen:
+                continue
+            seen.add(digest)
+        conn.execute("UPDATE alert_messages SET sha256 = ? WHERE id = ?", (digest, mid))
+    conn.execute('CREATE UNIQUE INDEX idx_alert_messages_sha256_no_offset ON alert_messages (sha256)'
+                 ' WHERE "offset" IS NULL')
+    conn.execute("CREATE INDEX idx_alert_messages_state ON alert_messages (state)")
+    conn.execute("CREATE INDEX idx_actions_state ON actions (state)")
+
+
 #: Forward migrations, in order. Append; never edit a released one.
-MIGRATIONS: list[Callable[["sqlite_utils.Database"], None]] = [_v1]
+MIGRATIONS: list[Callable[["sqlite_utils.Database"], None]] = [_v1, _v2]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
