@@ -57,7 +57,8 @@ from .intake import IntakeConfigError, KafkaIntake, consumer_config
 from .notice import ROLES, Alert, NoticeError
 from .parse import HEARTBEAT_TOPIC, parse_notice
 from .policy import Decision, Policy, screen, site_visibility
-from .region import Circle, Ellipse, LiveRegion, Polygon, RegionError, Skymap, scale_containment
+from .live_region import LiveRegion
+from .region import Circle, Ellipse, Polygon, RegionError, Skymap, scale_containment
 from .service import AlertService, IntakeMessage, Outcome
 
 __all__ = [

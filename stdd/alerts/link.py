@@ -97,6 +97,7 @@ class AlertLink(AlertRegionProvider):
         self._daemon = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._expire_task: asyncio.Task | None = None
+        self._last_expire = 0.0
 
     # -- Service ------------------------------------------------------------------------
     async def start(self, daemon) -> None:
@@ -111,13 +112,20 @@ class AlertLink(AlertRegionProvider):
         if cfg.kafka.enabled:
             self.kafka = KafkaIntake(self.settings, self._on_message, on_event=self._intake_event)
             self.kafka.start()
-        self._expire_task = asyncio.create_task(self._supervise_loop())
+        supervisor = getattr(daemon, "supervisor", None)
+        if supervisor is not None:  # the daemon keeps the loop running and watches it
+            supervisor.start("alerts", self._supervise_iteration, daemon.settings.daemon.loop_stall_seconds)
+        else:
+            self._expire_task = asyncio.create_task(self._supervise_loop())
         log.info("alerts: drop folder %s%s", self.settings.paths.alert_drop,
                  f", Kafka topics {len(cfg.kafka.topics)}" if self.kafka else ", Kafka off")
 
     async def stop(self) -> None:
         if self._expire_task:
             self._expire_task.cancel()
+        supervisor = getattr(self._daemon, "supervisor", None)
+        if supervisor is not None:
+            await supervisor.stop(["alerts"])
         for intake in (self.kafka, self.drop):
             if intake is not None:
                 await asyncio.to_thread(intake.stop)
@@ -171,19 +179,26 @@ class AlertLink(AlertRegionProvider):
             self.service.events.add(kind, message, level=level, data=data)
 
     async def _supervise_loop(self) -> None:
-        last_expire = 0.0
+        """The same iterations without a daemon supervisor (tests that run the link alone)."""
         while True:
-            await asyncio.sleep(SUPERVISE_EVERY_SECONDS)
-            for intake in (self.drop, self.kafka):
-                if intake is not None:
-                    intake.ensure_running()
-            if self._loop.time() - last_expire < EXPIRE_EVERY_SECONDS:
-                continue
-            last_expire = self._loop.time()
             try:
-                await asyncio.to_thread(self.service.expire)
-            except Exception as e:
-                log.error("alerts: expiring old alerts failed: %s", e)
+                await self._supervise_iteration()
+            except Exception as e:  # noqa: BLE001
+                log.error("alerts: supervision failed: %s", e)
+
+    async def _supervise_iteration(self) -> None:
+        """Every few seconds: intake threads that ended are started again; old alerts expire."""
+        await asyncio.sleep(SUPERVISE_EVERY_SECONDS)
+        for intake in (self.drop, self.kafka):
+            if intake is not None:
+                intake.ensure_running()
+        if self._loop.time() - self._last_expire < EXPIRE_EVERY_SECONDS:
+            return
+        self._last_expire = self._loop.time()
+        try:
+            await asyncio.to_thread(self.service.expire)
+        except Exception as e:
+            log.error("alerts: expiring old alerts failed: %s", e)
 
     # -- RegionProvider: answers "none" until the service has started -------------------
     def live_regions(self) -> list[Region]:

@@ -20,173 +20,36 @@ import gzip
 import io
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
-FULL_SKY_DEG2 = 4 * math.pi * (180 / math.pi) ** 2  # 41252.96
-SIGMA_2D = 1 - math.exp(-0.5)  # containment of a 1σ circle of a 2-D Gaussian, 0.3935
-#: a region this large (90 % circle-equivalent radius, degrees) is treated as all-sky
-ALL_SKY_RADIUS_DEG = 90.0
+from .sky_geometry import (
+    ALL_SKY_RADIUS_DEG,
+    FULL_SKY_DEG2,
+    SIGMA_2D,
+    RegionError,
+    angular_separation,
+    cap_area_deg2,
+    cap_radius_deg,
+    circle_boundary,
+    from_tangent,
+    moc_cone,
+    moc_depth,
+    moc_polygon,
+    point_in_polygon,
+    polygon_center,
+    scale_containment,
+    tangent_offsets,
+    validate_position,
+)
 
 
-class RegionError(ValueError):
-    """A region or skymap that cannot be used (bad numbers, undecodable FITS)."""
+#: the region classes, and the geometry names long imported from here
+__all__ = ["ALL_SKY_RADIUS_DEG", "FULL_SKY_DEG2", "SIGMA_2D", "Circle", "Ellipse", "Polygon", "RegionError", "Skymap",
+           "angular_separation", "cap_area_deg2", "cap_radius_deg", "region_to_dict", "scale_containment"]
 
 
-# -- containment and area conversions ----------------------------------------------------
-def scale_containment(radius: float, from_p: float, to_p: float = 0.9) -> float:
-    """Radius at containment `to_p` of a 2-D Gaussian whose `from_p` radius is `radius`."""
-    if not (0 < from_p < 1 and 0 < to_p < 1):
-        raise RegionError(f"containment must be between 0 and 1 (got {from_p}, {to_p})")
-    return radius * math.sqrt(math.log(1 - to_p) / math.log(1 - from_p))
-
-
-def cap_area_deg2(radius_deg: float) -> float:
-    """Area of a spherical cap of angular radius `radius_deg`, in square degrees."""
-    r = math.radians(min(radius_deg, 180.0))
-    return 4 * math.pi * math.sin(r / 2) ** 2 * (180 / math.pi) ** 2  # = 2π(1 - cos r), stable at small r
-
-
-def cap_radius_deg(area_deg2: float) -> float:
-    """Angular radius of the spherical cap of area `area_deg2`."""
-    sr = min(max(area_deg2, 0.0), FULL_SKY_DEG2) / (180 / math.pi) ** 2
-    return math.degrees(2 * math.asin(min(1.0, math.sqrt(sr / (4 * math.pi)))))
-
-
-def angular_separation(ra1, dec1, ra2, dec2):
-    """Great-circle distance in degrees (vectorised; haversine, exact at small angles)."""
-    ra1, dec1, ra2, dec2 = (np.radians(np.asarray(v, dtype=float)) for v in (ra1, dec1, ra2, dec2))
-    s = np.sin((dec2 - dec1) / 2) ** 2 + np.cos(dec1) * np.cos(dec2) * np.sin((ra2 - ra1) / 2) ** 2
-    return np.degrees(2 * np.arcsin(np.sqrt(np.clip(s, 0, 1))))
-
-
-def _tangent_offsets(ra0, dec0, ra, dec):
-    """Gnomonic (x east, y north) offsets in degrees of (ra, dec) around (ra0, dec0)."""
-    ra0r, dec0r = math.radians(ra0), math.radians(dec0)
-    rar, decr = np.radians(np.asarray(ra, dtype=float)), np.radians(np.asarray(dec, dtype=float))
-    cosc = np.sin(dec0r) * np.sin(decr) + np.cos(dec0r) * np.cos(decr) * np.cos(rar - ra0r)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        x = np.cos(decr) * np.sin(rar - ra0r) / cosc
-        y = (np.cos(dec0r) * np.sin(decr) - np.sin(dec0r) * np.cos(decr) * np.cos(rar - ra0r)) / cosc
-    x = np.where(cosc > 0, np.degrees(x), np.inf)
-    y = np.where(cosc > 0, np.degrees(y), np.inf)
-    return x, y
-
-
-def _moc_depth(radius_deg: float) -> int:
-    """A MOC depth whose cells are ~1/16 of `radius_deg` (between 3 and 18)."""
-    cell = 58.6 / 8  # deg, the size of a depth-3 cell is ~7.3 deg
-    depth = 3
-    target = max(radius_deg, 1e-4) / 16
-    while cell > target and depth < 18:
-        cell /= 2
-        depth += 1
-    return depth
-
-
-def _moc_cone(ra: float, dec: float, radius_deg: float):
-    import astropy.units as u
-    from mocpy import MOC
-
-    if radius_deg >= 180.0:
-        return MOC.from_str("0/0-11")
-    if radius_deg > 90.0:  # large cones: the complement of the small cone around the antipode
-        inner = 180.0 - radius_deg
-        return MOC.from_cone(lon=((ra + 180.0) % 360.0) * u.deg, lat=-dec * u.deg, radius=inner * u.deg,
-                             max_depth=_moc_depth(inner)).complement()
-    return MOC.from_cone(lon=ra * u.deg, lat=dec * u.deg, radius=max(radius_deg, 1e-5) * u.deg,
-                         max_depth=_moc_depth(radius_deg))
-
-
-def _moc_polygon(corners: Sequence[Sequence[float]], size_deg: float):
-    import astropy.units as u
-    from mocpy import MOC
-
-    lon = np.array([c[0] for c in corners], dtype=float) * u.deg
-    lat = np.array([c[1] for c in corners], dtype=float) * u.deg
-    return MOC.from_polygon(lon=lon, lat=lat, max_depth=_moc_depth(size_deg))
-
-
-def _polygon_center(corners: Sequence[Sequence[float]]) -> tuple[float, float]:
-    ra = np.radians([c[0] for c in corners])
-    dec = np.radians([c[1] for c in corners])
-    v = np.array([np.cos(dec) * np.cos(ra), np.cos(dec) * np.sin(ra), np.sin(dec)]).sum(axis=1)
-    n = np.linalg.norm(v)
-    if n == 0:
-        raise RegionError("polygon corners have no defined centre")
-    v /= n
-    return float(np.degrees(np.arctan2(v[1], v[0])) % 360), float(np.degrees(np.arcsin(v[2])))
-
-
-def _point_in_polygon(x, y, px, py):
-    """Even-odd rule on the tangent plane (vectorised over points x, y)."""
-    x, y = np.atleast_1d(x), np.atleast_1d(y)
-    inside = np.zeros(x.shape, dtype=bool)
-    n = len(px)
-    for i in range(n):
-        x1, y1, x2, y2 = px[i], py[i], px[(i + 1) % n], py[(i + 1) % n]
-        crosses = (y1 > y) != (y2 > y)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            xint = x1 + (y - y1) * (x2 - x1) / (y2 - y1)
-        inside ^= crosses & (x < xint)
-    return inside
-
-
-def _from_tangent(ra0: float, dec0: float, x, y):
-    """Inverse gnomonic projection: (x east, y north) degrees around (ra0, dec0) -> (ra, dec)."""
-    x, y = np.radians(np.asarray(x, dtype=float)), np.radians(np.asarray(y, dtype=float))
-    ra0r, dec0r = math.radians(ra0), math.radians(dec0)
-    rho = np.hypot(x, y)
-    c = np.arctan(rho)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        dec = np.arcsin(np.cos(c) * np.sin(dec0r) + np.where(rho > 0, y * np.sin(c) * np.cos(dec0r) / rho, 0.0))
-        ra = ra0r + np.arctan2(x * np.sin(c), rho * np.cos(dec0r) * np.cos(c) - y * np.sin(dec0r) * np.sin(c))
-    return np.degrees(ra) % 360.0, np.degrees(dec)
-
-
-def _circle_boundary(ra: float, dec: float, radius: float, n: int = 256):
-    t = np.linspace(0, 2 * np.pi, n, endpoint=False)
-    d = math.tan(math.radians(min(radius, 89.0)))
-    return _from_tangent(ra, dec, np.degrees(d * np.sin(t)), np.degrees(d * np.cos(t)))
-
-
-def _segments_cross(px, py, qx, qy) -> bool:
-    """Whether any edge of closed polygon P crosses any edge of closed polygon Q (tangent plane)."""
-    p1 = np.stack([px, py], axis=1)
-    p2 = np.roll(p1, -1, axis=0)
-    q1 = np.stack([qx, qy], axis=1)
-    q2 = np.roll(q1, -1, axis=0)
-
-    def orient(a, b, c):
-        return (b[..., 0] - a[..., 0]) * (c[..., 1] - a[..., 1]) - (b[..., 1] - a[..., 1]) * (c[..., 0] - a[..., 0])
-
-    A, B = p1[:, None, :], p2[:, None, :]
-    C, D = q1[None, :, :], q2[None, :, :]
-    d1, d2 = orient(C, D, A), orient(C, D, B)
-    d3, d4 = orient(A, B, C), orient(A, B, D)
-    return bool(np.any((d1 * d2 <= 0) & (d3 * d4 <= 0)))
-
-
-def _outlines_overlap(a_ra, a_dec, b_ra, b_dec, ra0: float, dec0: float) -> bool | None:
-    """Exact overlap of two closed outlines (great-circle edges) on the gnomonic plane at (ra0, dec0);
-    None when an outline reaches 80 deg or more from the projection centre."""
-    ax, ay = _tangent_offsets(ra0, dec0, a_ra, a_dec)
-    bx, by = _tangent_offsets(ra0, dec0, b_ra, b_dec)
-    lim = math.degrees(math.tan(math.radians(80)))
-    if not (np.all(np.hypot(ax, ay) < lim) and np.all(np.hypot(bx, by) < lim)):
-        return None
-    if _point_in_polygon(ax, ay, bx, by).any() or _point_in_polygon(bx, by, ax, ay).any():
-        return True
-    return _segments_cross(ax, ay, bx, by)
-
-
-def _validate_position(ra: float, dec: float) -> None:
-    if not (math.isfinite(ra) and math.isfinite(dec)) or not -90 <= dec <= 90:
-        raise RegionError(f"position out of range: ra={ra}, dec={dec}")
-
-
-# -- region shapes -----------------------------------------------------------------------
 @dataclass
 class Circle:
     ra: float
@@ -197,7 +60,7 @@ class Circle:
     kind: str = field(default="circle", init=False)
 
     def __post_init__(self):
-        _validate_position(self.ra, self.dec)
+        validate_position(self.ra, self.dec)
         if not (self.radius > 0 and math.isfinite(self.radius)):
             raise RegionError(f"circle radius must be positive, got {self.radius}")
 
@@ -213,10 +76,10 @@ class Circle:
         return angular_separation(self.ra, self.dec, ra, dec) <= self.radius90
 
     def moc(self):
-        return _moc_cone(self.ra, self.dec, self.radius90)
+        return moc_cone(self.ra, self.dec, self.radius90)
 
     def outline(self, n: int = 256):
-        return _circle_boundary(self.ra, self.dec, self.radius90, n)
+        return circle_boundary(self.ra, self.dec, self.radius90, n)
 
     def to_dict(self) -> dict:
         return {"kind": "circle", "ra": self.ra, "dec": self.dec, "radius": self.radius,
@@ -236,7 +99,7 @@ class Ellipse:
     kind: str = field(default="ellipse", init=False)
 
     def __post_init__(self):
-        _validate_position(self.ra, self.dec)
+        validate_position(self.ra, self.dec)
         if not (self.a > 0 and self.b > 0 and math.isfinite(self.a) and math.isfinite(self.b)):
             raise RegionError(f"ellipse axes must be positive, got a={self.a}, b={self.b}")
         if self.b > self.a:  # tolerate swapped axes: keep the geometry, name them right
@@ -257,7 +120,7 @@ class Ellipse:
 
     def contains(self, ra, dec):
         a, b = self.axes90
-        x, y = _tangent_offsets(self.ra, self.dec, ra, dec)
+        x, y = tangent_offsets(self.ra, self.dec, ra, dec)
         pa = math.radians(self.pa)
         u = x * math.sin(pa) + y * math.cos(pa)  # along the major axis
         v = x * math.cos(pa) - y * math.sin(pa)
@@ -270,7 +133,7 @@ class Ellipse:
         pa = math.radians(self.pa)
         x = u_ * math.sin(pa) + v_ * math.cos(pa)
         y = u_ * math.cos(pa) - v_ * math.sin(pa)
-        return _from_tangent(self.ra, self.dec, x, y)
+        return from_tangent(self.ra, self.dec, x, y)
 
     def moc(self):
         import astropy.units as u
@@ -278,7 +141,7 @@ class Ellipse:
 
         a, b = self.axes90
         return MOC.from_elliptical_cone(lon=self.ra * u.deg, lat=self.dec * u.deg, a=a * u.deg, b=b * u.deg,
-                                        pa=self.pa * u.deg, max_depth=_moc_depth(b))
+                                        pa=self.pa * u.deg, max_depth=moc_depth(b))
 
     def to_dict(self) -> dict:
         return {"kind": "ellipse", "ra": self.ra, "dec": self.dec, "a": self.a, "b": self.b, "pa": self.pa,
@@ -300,8 +163,8 @@ class Polygon:
             raise RegionError(f"a polygon needs at least 3 corners, got {len(self.corners)}")
         self.corners = [(float(c[0]) % 360.0, float(c[1])) for c in self.corners]
         for ra, dec in self.corners:
-            _validate_position(ra, dec)
-        self._center = _polygon_center(self.corners)
+            validate_position(ra, dec)
+        self._center = polygon_center(self.corners)
 
     @property
     def center(self) -> tuple[float, float]:
@@ -309,7 +172,7 @@ class Polygon:
 
     @property
     def area_deg2(self) -> float:
-        x, y = _tangent_offsets(*self._center, [c[0] for c in self.corners], [c[1] for c in self.corners])
+        x, y = tangent_offsets(*self._center, [c[0] for c in self.corners], [c[1] for c in self.corners])
         return float(abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) / 2)
 
     @property
@@ -317,13 +180,13 @@ class Polygon:
         return min(scale_containment(cap_radius_deg(self.area_deg2), self.containment), 180.0)
 
     def contains(self, ra, dec):
-        px, py = _tangent_offsets(*self._center, [c[0] for c in self.corners], [c[1] for c in self.corners])
-        x, y = _tangent_offsets(*self._center, ra, dec)
-        inside = _point_in_polygon(x, y, px, py)
+        px, py = tangent_offsets(*self._center, [c[0] for c in self.corners], [c[1] for c in self.corners])
+        x, y = tangent_offsets(*self._center, ra, dec)
+        inside = point_in_polygon(x, y, px, py)
         return inside if np.ndim(ra) else bool(inside[0])
 
     def moc(self):
-        return _moc_polygon(self.corners, cap_radius_deg(self.area_deg2))
+        return moc_polygon(self.corners, cap_radius_deg(self.area_deg2))
 
     def outline(self, n: int = 0):
         return np.array([c[0] for c in self.corners]), np.array([c[1] for c in self.corners])
@@ -477,121 +340,6 @@ def _jsonable(v):
         return v.item()
     return v if isinstance(v, (str, int, float, bool, type(None))) else str(v)
 
-
-# -- the daemon's view: a live region ----------------------------------------------------
-class LiveRegion:
-    """The sky region of one live alert, with the tests the daemon needs.
-
-    Built from a stored region dict (`region_to_dict`), so it needs no skymap decoding.
-    `forced_position` is set when the region is a small circle or ellipse
-    (90 % radius ≤ the configured limit): photometry is forced at that position.
-    """
-
-    def __init__(self, alert_id: str, region: dict, *, event_id: str | None = None, mission: str | None = None,
-                 priority: int = 0, live_until: float | None = None, forced_max_radius_deg: float = 0.05):
-        self.alert_id = alert_id
-        self.event_id = event_id
-        self.mission = mission
-        self.priority = priority
-        self.live_until = live_until
-        self.region = region
-        self.kind = region["kind"]
-        self.radius_deg = float(region["radius90"])
-        self._shape = None
-        self._moc = None
-        if self.kind == "circle":
-            self._shape = Circle(region["ra"], region["dec"], region["radius"], region.get("containment", 0.9))
-        elif self.kind == "ellipse":
-            self._shape = Ellipse(region["ra"], region["dec"], region["a"], region["b"], region.get("pa", 0.0),
-                                  region.get("containment", 0.9))
-        elif self.kind == "polygon":
-            self._shape = Polygon([tuple(c) for c in region["corners"]], region.get("containment", 0.9))
-        elif self.kind == "skymap":
-            from mocpy import MOC
-
-            self._moc = MOC.from_str(region["moc"])
-        else:
-            raise RegionError(f"unknown region kind {self.kind!r}")
-        if self._shape is not None:
-            self.center = self._shape.center
-        else:
-            self.center = (region.get("max_ra"), region.get("max_dec"))
-        self.forced_position: tuple[float, float] | None = None
-        if self.kind in ("circle", "ellipse") and self.radius_deg <= forced_max_radius_deg:
-            self.forced_position = (float(region["ra"]), float(region["dec"]))
-
-    def moc(self):
-        if self._moc is None:
-            self._moc = self._shape.moc()
-        return self._moc
-
-    def contains(self, ra, dec):
-        """Whether (ra, dec) in degrees lies in the region (vectorised over arrays)."""
-        if self._shape is not None:
-            res = self._shape.contains(ra, dec)
-        else:
-            import astropy.units as u
-
-            ra_a, dec_a = np.atleast_1d(np.asarray(ra, dtype=float)), np.atleast_1d(np.asarray(dec, dtype=float))
-            res = self._moc.contains_lonlat(ra_a * u.deg, dec_a * u.deg)
-        return bool(np.all(res)) if np.ndim(ra) == 0 else np.asarray(res, dtype=bool)
-
-    def overlaps(self, ra: float, dec: float, radius_deg: float) -> bool:
-        """Whether a circular footprint (centre, radius in degrees) overlaps the region."""
-        if self.kind == "circle":
-            return bool(angular_separation(self._shape.ra, self._shape.dec, ra, dec) <= self.radius_deg + radius_deg)
-        if self._shape is not None and bool(self._shape.contains(ra, dec)):
-            return True
-        if self.center[0] is not None and angular_separation(self.center[0], self.center[1], ra, dec) <= radius_deg:
-            return True
-        if self._shape is not None and radius_deg < 80:
-            exact = _outlines_overlap(*self._shape.outline(), *_circle_boundary(ra, dec, radius_deg), ra, dec)
-            if exact is not None:
-                return exact
-        return not self.moc().intersection(_moc_cone(ra, dec, radius_deg)).empty()
-
-    def overlaps_polygon(self, corners: Iterable[Sequence[float]]) -> bool:
-        """Whether a footprint given by its corners (ra, dec in degrees) overlaps the region."""
-        corners = [(float(c[0]), float(c[1])) for c in corners]
-        poly = Polygon(corners)
-        if self.center[0] is not None and poly.contains(self.center[0], self.center[1]):
-            return True
-        if self._shape is not None and bool(np.any(self._shape.contains([c[0] for c in corners],
-                                                                          [c[1] for c in corners]))):
-            return True
-        if self._shape is not None:
-            exact = _outlines_overlap(*self._shape.outline(), *poly.outline(), *poly.center)
-            if exact is not None:
-                return exact
-        size = min(cap_radius_deg(poly.area_deg2), self.radius_deg)
-        return not self.moc().intersection(_moc_polygon(corners, size)).empty()
-
-    def overlaps_footprint(self, footprint: Any) -> bool:
-        """A footprint as {'ra', 'dec', 'radius'} or a list of corners."""
-        if isinstance(footprint, dict):
-            if "corners" in footprint:
-                return self.overlaps_polygon(footprint["corners"])
-            return self.overlaps(footprint["ra"], footprint["dec"], footprint["radius"])
-        return self.overlaps_polygon(footprint)
-
-    def stage_region(self) -> dict:
-        """The fields of `stdd.stages.base.Region` (id, ra, dec, radius_deg, forced_photometry, moc) for the stages.
-
-        Circles are exact as (ra, dec, radius_deg); other shapes also carry their MOC (ASCII), which
-        is what a stage should test candidates against."""
-        ra, dec = self.center
-        return {"id": self.alert_id, "ra": float(ra), "dec": float(dec), "radius_deg": self.radius_deg,
-                "forced_photometry": self.forced_position is not None,
-                "moc": None if self.kind == "circle" else self.moc().serialize(format="str")}
-
-    def to_dict(self) -> dict:
-        return {"alert_id": self.alert_id, "event_id": self.event_id, "mission": self.mission,
-                "priority": self.priority, "live_until": self.live_until, "kind": self.kind,
-                "center": list(self.center), "radius_deg": self.radius_deg,
-                "forced_position": list(self.forced_position) if self.forced_position else None}
-
-    def __repr__(self) -> str:
-        return f"LiveRegion({self.alert_id!r}, {self.kind}, r90={self.radius_deg:.4g} deg)"
 
 
 def region_to_dict(region, level: float = 0.9) -> dict:

@@ -35,7 +35,8 @@ from .notice import Alert, NoticeError
 from .parse import parse_notice
 from .policy import Decision, Policy, screen
 from .recovery import claim_missing_actions, resume_actions
-from .region import LiveRegion, RegionError
+from .live_region import LiveRegion
+from .region import RegionError
 
 log = logging.getLogger("stdd.alerts")
 

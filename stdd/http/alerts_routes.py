@@ -79,7 +79,7 @@ def _alert_list(reads, live: bool | None, state: str | None, since: float | None
 
 
 def _region_of(row: dict, forced_max: float):
-    from ..alerts.region import LiveRegion
+    from ..alerts.live_region import LiveRegion
 
     region = row.get("region")
     if not isinstance(region, dict):
