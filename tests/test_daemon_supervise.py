@@ -64,3 +64,23 @@ async def test_a_loop_stuck_in_an_await_is_stalled():
     await asyncio.sleep(0.3)
     assert sup.stalled() == ["stuck"] and sup.snapshot()["stuck"]["stalled"]
     await sup.stop()
+
+
+async def test_a_stop_ends_a_loop_even_when_its_cancel_is_lost():
+    """A loop whose iteration swallows a cancel (as Python 3.11's wait_for can) still stops."""
+    sup = Supervisor()
+    ticks = {"n": 0}
+
+    async def swallows():
+        ticks["n"] += 1
+        try:
+            await asyncio.sleep(0.05)
+        except asyncio.CancelledError:
+            pass  # the cancel is lost here
+
+    sup.start("stubborn", swallows, stall_seconds=5)
+    await asyncio.sleep(0.1)
+    await asyncio.wait_for(sup.stop(["stubborn"]), 5)
+    n = ticks["n"]
+    await asyncio.sleep(0.2)
+    assert ticks["n"] == n and not sup.snapshot()["stubborn"]["running"]

@@ -36,18 +36,22 @@ class Dispatcher:
 
     async def iteration(self) -> None:
         d = self.d
+        # asyncio.timeout, not wait_for: in Python 3.11 wait_for can swallow a cancel that
+        # arrives as its inner wait completes, and the loop would not stop
         try:
-            await asyncio.wait_for(d.wake_event.wait(), IDLE_WAKE_SECONDS)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(IDLE_WAKE_SECONDS):
+                await d.wake_event.wait()
+        except TimeoutError:
             return
         d.wake_event.clear()
         # never between the events of one batch (a crash may pause); the pump may hold the
         # lock for long while the database refuses its writes: wait beating, not stalled
         while True:
             try:
-                await asyncio.wait_for(d.events_lock.acquire(), IDLE_WAKE_SECONDS)
+                async with asyncio.timeout(IDLE_WAKE_SECONDS):
+                    await d.events_lock.acquire()
                 break
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 self._beat()
         try:
             await self.dispatch()

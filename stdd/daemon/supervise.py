@@ -56,12 +56,14 @@ class Supervisor:
         self._iterate: dict[str, Callable[[], Awaitable[None]]] = {}
         self._lock = threading.Lock()
         self._stopping = False
+        self._stopped: set[str] = set()
 
     # -- the loops ------------------------------------------------------------------------
     def start(self, name: str, iterate: Callable[[], Awaitable[None]], stall_seconds: float) -> None:
         """Run `iterate()` again and again, on the running event loop, until `stop()`."""
         with self._lock:
             self._loops[name] = LoopState(name, stall_seconds)
+        self._stopped.discard(name)
         self._iterate[name] = iterate
         self._spawn(name)
 
@@ -75,7 +77,7 @@ class Supervisor:
         iterate = self._iterate[name]
         backoff = BACKOFF_FIRST
         state.running = True
-        while not self._stopping:
+        while not self._stopping and name not in self._stopped:
             self.beat(name)
             try:
                 await iterate()
@@ -125,7 +127,7 @@ class Supervisor:
         state = self._loops.get(name)
         if state is not None:
             state.running = False
-        if self._stopping or task.cancelled():
+        if self._stopping or name in self._stopped or task.cancelled():
             return
         exc = task.exception()
         with self._lock:
@@ -147,10 +149,17 @@ class Supervisor:
         """Cancel the loops (all, or those named) and wait for them to end."""
         if names is None:
             self._stopping = True
+        else:
+            self._stopped.update(names)
         tasks = [t for n, t in self._tasks.items() if names is None or n in names]
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        # a cancel can be lost (Python 3.11's wait_for swallows one that arrives as its inner
+        # wait completes): the stop flags end the loop after its iteration, and the cancel is
+        # repeated until every task has ended
+        while tasks:
+            for t in tasks:
+                t.cancel()
+            _, pending = await asyncio.wait(tasks, timeout=0.5)
+            tasks = list(pending)
 
     # -- what they look like (any thread) -------------------------------------------------
     def snapshot(self) -> dict[str, dict]:
