@@ -1,5 +1,6 @@
 """The endpoint on a unix socket with closed reads, the CLI client over that socket, and a
-health check that goes down for real (the folder watcher stopped) → 503."""
+health check that goes down for real (the folder watcher dead, and its folder replaced by a file
+so the daemon cannot start it again) → 503, and back to 200 once the daemon can."""
 from __future__ import annotations
 
 import asyncio
@@ -38,6 +39,9 @@ async def test_unix_socket_closed_reads_and_health_503(settings, tmp_path):
         health = await asyncio.to_thread(client.get, "/health")
         assert health["ok"] is True and health["checks"]["watcher"]["ok"] is True
 
+        incoming = settings.paths.incoming[0]
+        incoming.rmdir()
+        incoming.write_text("not a folder")  # the watcher cannot be started again on it
         daemon.intake.watcher.stop()  # the watcher dies
         with pytest.raises(ApiError) as e:
             await asyncio.to_thread(client.get, "/health")
@@ -50,3 +54,11 @@ async def test_unix_socket_closed_reads_and_health_503(settings, tmp_path):
             text = await asyncio.to_thread(client.get, "/metrics")
             return 'stdd_health_check{check="watcher"} 0.0' in text
         await wait_for(metric_says_down, 10, "the watcher check in /metrics")
+
+        incoming.unlink()  # the folder is back: the intake loop starts a new watcher by itself
+        async def healthy_again():
+            try:
+                return (await asyncio.to_thread(client.get, "/health"))["checks"]["watcher"]["ok"] is True
+            except ApiError:
+                return False
+        await wait_for(healthy_again, 40, "the watcher to be started again")

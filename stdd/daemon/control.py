@@ -21,6 +21,7 @@ from ..watch.fitscheck import check_fits
 from ..watch.settle import Settled
 from .intake import spool_path
 from .logs import setup_logging
+from .notify import STATE_WAIT
 
 if TYPE_CHECKING:
     from .service import Daemon
@@ -122,13 +123,13 @@ class Control:
             log.error("reload: %d error(s) in %s; the running config stays", len(e.errors), self.d.config_path)
             self.d.record_event_soon("daemon.reload_failed", f"{len(e.errors)} error(s) in {self.d.config_path}",
                                    data={"errors": e.errors}, level="ERROR")
-            self.d.notifier.notify(READY=1, STATUS="reload failed; running with the previous config")
+            self.d.notifier.notify(READY=1, STATUS="reload failed; running with the previous config", wait=STATE_WAIT)
             return False, list(e.errors)
         old, self.d.settings, self.d.profiles = self.d.settings, new, profiles
         self._apply(old, new)
         log.info("reload: %s loaded", self.d.config_path)
         self.d.record_event_soon("daemon.reloaded", f"config {self.d.config_path} reloaded")
-        self.d.notifier.notify(READY=1, STATUS=self.d.status_line_text)
+        self.d.notifier.notify(READY=1, STATUS=self.d.status_line_text, wait=STATE_WAIT)
         return True, []
 
     async def reprioritize(self) -> int:

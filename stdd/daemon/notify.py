@@ -9,6 +9,9 @@ from __future__ import annotations
 import os
 import socket
 
+#: how long a state change (READY, RELOADING, STOPPING) may wait for room in systemd's queue
+STATE_WAIT = 1.0
+
 
 class SystemdNotifier:
     def __init__(self, environ: dict[str, str] | None = None):
@@ -28,24 +31,25 @@ class SystemdNotifier:
     def enabled(self) -> bool:
         return self.address is not None
 
-    def notify(self, **fields: str | int) -> bool:
-        """notify(READY=1, STATUS="...") — returns False if not under systemd or sending failed."""
+    def notify(self, *, wait: float = 0.0, **fields: str | int) -> bool:
+        """notify(READY=1, STATUS="...") — returns False if not under systemd or sending failed.
+        A watchdog ping or a status line never blocks (a reader that does not keep up loses it;
+        the next one follows); a state change (READY, RELOADING, STOPPING) waits up to `wait`
+        seconds for room in the reader's queue."""
         if not self.address:
             return False
         msg = "\n".join(f"{k}={v}" for k, v in fields.items()).encode()
         try:
             if self._sock is None:
                 self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-                # never block the event loop on a reader that does not keep up (a full queue
-                # drops this message; the next ping or status follows)
-                self._sock.setblocking(False)
+            self._sock.settimeout(wait if wait > 0 else 0.0)
             self._sock.sendto(msg, self.address)
             return True
         except OSError:
             return False
 
     def ready(self, status: str) -> bool:
-        return self.notify(READY=1, STATUS=status, MAINPID=os.getpid())
+        return self.notify(READY=1, STATUS=status, MAINPID=os.getpid(), wait=STATE_WAIT)
 
     def status(self, status: str) -> bool:
         return self.notify(STATUS=status)
@@ -56,10 +60,10 @@ class SystemdNotifier:
     def reloading(self) -> bool:
         import time
 
-        return self.notify(RELOADING=1, MONOTONIC_USEC=int(time.monotonic() * 1e6))
+        return self.notify(RELOADING=1, MONOTONIC_USEC=int(time.monotonic() * 1e6), wait=STATE_WAIT)
 
     def stopping(self, status: str = "stopping") -> bool:
-        return self.notify(STOPPING=1, STATUS=status)
+        return self.notify(STOPPING=1, STATUS=status, wait=STATE_WAIT)
 
     def close(self) -> None:
         if self._sock is not None:
