@@ -59,7 +59,7 @@ if [ "$have" != "$want" ] && ! { [ "$mode" = run ] && [ "$have" = "test $(digest
   rm -f "$stamp"
   pipq install --require-hashes -r "$lock" || { echo "setup: installing $lock failed" >&2; exit 1; }
   # stdd itself, editable; its build backend (setuptools, wheel) came from the lock
-  pipq install --no-deps --no-build-isolation -e . || { echo "setup: installing stdd failed" >&2; exit 1; }
+  PYTHONWARNINGS=ignore pipq install --no-deps --no-build-isolation -e . || { echo "setup: installing stdd failed" >&2; exit 1; }
   if ! bad=$(.venv/bin/python scripts/check_install.py $extra); then
     echo "setup: $lock does not satisfy pyproject.toml (refresh it with \`make lock\`):" >&2
     echo "$bad" >&2
