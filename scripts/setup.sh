@@ -40,6 +40,9 @@ if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv"
   "$PY" -m venv .venv
 fi
+if ! .venv/bin/python -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
+  echo "setup: note: requirements/*.lock are resolved for Python 3.11, .venv has $(.venv/bin/python --version 2>&1)" >&2
+fi
 # Python packages: exactly the versions of the lock file (requirements/test.lock for the tests,
 # run.lock otherwise; `make lock` refreshes them), every file checked against its sha256, then stdd
 # itself, editable, with no other package. Reinstall only when the lock or pyproject.toml changed:
