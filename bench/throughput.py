@@ -4,8 +4,9 @@ Symmetry (what each side has done before its clock starts, and what it is timed 
 both sides are warm in the same way. The daemon's fork server has imported the stage libraries and
 run the first-use warm-up (`warm_at_start`, waited for); the plain script runs the very same
 warm-up (`bench.warm.preload`) before its first frame. Until 2026-12-04 it did not, so its first
-frame also paid the lazy imports (sklearn, matplotlib, the subtraction modules: ~2 s of a
-~4.6 s frame spread over 6 frames) and the overhead ratio flattered the daemon. What remains is
+frame also paid the lazy imports (sklearn, matplotlib, the subtraction modules: its first 1024²
+frame took ~1 s more than the next ones, ~0.2 s per frame over 6 frames, ~4 % of the ratio) and
+the overhead ratio flattered the daemon. What remains is
 the daemon's own: intake, a new frame process for its first frame (forked from the warm server),
 its bookkeeping and products. As a check that no warm-up asymmetry is left, each repeat also
 gives the ratio with the first frame dropped on both sides (context `overhead_without_first_frame`:
@@ -97,7 +98,8 @@ def run_daemon(ctx: Context, root: Path, field, frames: list[Path], workers: int
     return {"workers": workers, "span_s": round(span, 3),
             # frames 2..N: from the first result.json to the last (with 1 worker, one frame after another)
             "span_after_first_s": round(done_at[-1] - done_at[0], 3) if len(done_at) > 1 else None,
-            "first_frame": Path(first["path"]).name, "loadavg_1m": [round(load0, 2), round(os.getloadavg()[0], 2)], "states": states, "errors": errors[:5],
+            "first_frame": Path(first["path"]).name,
+            "loadavg_1m": [round(load0, 2), round(os.getloadavg()[0], 2)], "states": states, "errors": errors[:5],
             "ingest_s": [round(x, 4) for x in ingest], "ready_s": round(ready_s, 2),
             "worker_utilisation": rnd(util, 3),
             "frame_stage_seconds_fresh_process": [rnd(x, 3) for x in fresh],
