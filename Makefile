@@ -1,5 +1,6 @@
-# The two commands of the README. Each installs what is missing, then runs.
-.PHONY: demo test setup
+# The two commands of the README. Each installs what is missing (Python packages from the lock
+# files in requirements/), then runs. `make lock` refreshes the lock files from pyproject.toml.
+.PHONY: demo test setup lock lock-check
 
 demo:
 	bash scripts/setup.sh run
@@ -11,3 +12,9 @@ test:
 
 setup:
 	bash scripts/setup.sh test
+
+lock:
+	bash scripts/lock.sh
+
+lock-check:
+	bash scripts/lock.sh --check

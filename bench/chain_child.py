@@ -41,18 +41,13 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     t_import = time.perf_counter()
+    from bench.warm import preload
     from stdd.pipeline import prepare_folder, run_chain
-    from stdd.pool.local import PRELOAD, PRELOAD_LAST, PRELOAD_STAGE_LIBRARIES
     from stdd.stages.base import StageSettings
 
-    import importlib
-
-    # what a pool worker has imported before its frame arrives (the daemon's default preload)
-    for mod in [*PRELOAD, *PRELOAD_STAGE_LIBRARIES, *args.preload, PRELOAD_LAST]:
-        try:
-            importlib.import_module(mod)
-        except ImportError:
-            pass
+    # what a pool worker has imported before its frame arrives (the daemon's default preload); the
+    # plain script gets the same warm-up before its clock starts
+    preload(args.preload)
     import_s = time.perf_counter() - t_import
     settings = StageSettings.model_validate(json.loads(args.settings.read_text()))
     stages: dict[str, float] = {}

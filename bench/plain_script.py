@@ -1,6 +1,6 @@
 """The plain script: the honest denominator of `overhead_ratio` and of the seconds per stage.
 
-`python -m bench.plain_script SETTINGS_JSON WORKDIR FRAME [FRAME ...]` prints one JSON line.
+`python -m bench.plain_script [--cold] SETTINGS_JSON WORKDIR FRAME [FRAME ...]` prints one JSON line.
 
 What stdd's four stages compute, frame after frame in one process, with the same STDPipe calls
 and the same parameters (read from the same `StageSettings`, so they cannot drift) on the same
@@ -18,9 +18,12 @@ calls the stage's same pure function, so both sides do the same arithmetic and t
 measures stdd's overhead, not a difference of algorithm. Those functions take arrays and tables;
 where they log, a quiet stand-in receives it.
 
-The numerical libraries run on one thread, as in a pool worker. Seconds per stage exclude the
-imports at the top; what a stage imports lazily on first use counts for the first frame only —
-a plain script is one process, where the daemon starts a fresh process per frame.
+The numerical libraries run on one thread, as in a pool worker. Symmetry with the daemon's side:
+before its clock starts, the script gets the warm-up the daemon's fork server has had before a
+frame arrives (`bench.warm.preload`: the same imports, the stages' first-use work, `gc.freeze()`),
+so its first frame pays no lazy import or first-use cost that stdd's first frame does not (until
+then its first frame's stages included importing sklearn, matplotlib and the subtraction modules).
+`--cold` skips it (a script run from scratch). The warm-up's seconds are reported apart (`warm_s`).
 """
 from __future__ import annotations
 
@@ -50,6 +53,8 @@ from stdpipe import photometry as sp  # noqa: E402
 from stdpipe import pipeline as spipe  # noqa: E402
 
 from stdd.stages.base import StageSettings  # noqa: E402  (parameter values only)
+
+from .plain_outputs import photometry_plots, write_cutouts  # noqa: E402
 
 IMPORT_S = time.perf_counter() - T_IMPORT
 
@@ -211,33 +216,8 @@ def photometry(s: StageSettings, st: dict, out: Path, q: Quiet) -> None:
         t = Table({"mag_calib": np.asarray(obj["mag_calib"], float), "magerr": np.asarray(obj["magerr"], float)})
         limit = spipe.get_detection_limit(t[np.isfinite(t["mag_calib"])], sn=p.sn, verbose=False)
     obj.write(out / "objects.fits", overwrite=True)
-    _photometry_plots(m, obj, shape, p.sn, out)
+    photometry_plots(m, obj, shape, p.sn, out)
     st.update(obj=obj, cat=cat, wcs=wcs, fwhm=fwhm, aper=aper, zp=zp, limit=limit, pixscale=pixscale)
-
-
-def _photometry_plots(m, obj, shape, sn, out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-    from stdpipe import plots as splots
-
-    fig = plt.figure(figsize=(8, 5))
-    splots.plot_photometric_match(m, ax=fig.gca(), mode="mag")
-    fig.savefig(out / "photometry_match.png", dpi=80)
-    plt.close(fig)
-    fig = plt.figure(figsize=(8, 4))
-    ax1, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
-    splots.plot_photometric_match(m, ax=ax1, mode="model", show_dots=True, aspect="equal",
-                                  range=[[0, shape[1]], [0, shape[0]]])
-    splots.plot_photometric_match(m, ax=ax2, mode="residuals", show_dots=True, aspect="equal",
-                                  range=[[0, shape[1]], [0, shape[0]]])
-    fig.savefig(out / "photometry_zeropoint.png", dpi=80)
-    plt.close(fig)
-    fig = plt.figure(figsize=(7, 4.5))
-    splots.plot_detection_limit(obj, sn=sn, ax=fig.gca())
-    fig.savefig(out / "photometry_limit.png", dpi=80)
-    plt.close(fig)
 
 
 # ====================================================================================== transients
@@ -261,23 +241,8 @@ def transients(s: StageSettings, st: dict, out: Path, q: Quiet) -> None:
     cand = obj[keep]
     cand = cand[np.argsort(np.where(np.isfinite(mag[keep]), mag[keep], 99.0))][:p.simple_max_candidates]
     cand.write(out / "candidates_simple.ecsv", format="ascii.ecsv", overwrite=True)
-    _cutouts(out, "simple", cand, {"image": st["image"], "mask": bits}, st["header"], st["wcs"], p)
+    write_cutouts(out, "simple", cand, {"image": st["image"], "mask": bits}, st["header"], st["wcs"], p)
     st["candidates_simple"] = cand
-
-
-def _cutouts(out: Path, kind: str, cand, planes: dict, header, wcs, p) -> None:
-    from stdpipe import cutouts
-
-    (out / "cutouts").mkdir(exist_ok=True)
-    first = next(iter(planes))
-    extra = {k: v for k, v in planes.items() if k != first}
-    for k, r in enumerate(cand[:p.max_cutouts]):
-        row = {"x": r["x"], "y": r["y"], "ra": r["ra"], "dec": r["dec"], "mag": r["mag_calib"], "flags": r["flags"],
-               "id": f"{kind}_{k + 1:03d}"}
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            cut = cutouts.get_cutout(planes[first], row, p.cutout_radius, header=header, wcs=wcs, **extra)
-            cutouts.write_cutout(cut, str(out / "cutouts" / f"{kind}_{k + 1:03d}.fits"))
 
 
 # ====================================================================================== subtraction
@@ -362,7 +327,7 @@ def subtraction(s: StageSettings, st: dict, out: Path, q: Quiet) -> None:
     if len(cand):
         cand = cand[np.argsort(np.where(np.isfinite(cand["mag_calib"]), cand["mag_calib"], 99.0))]
         cand.write(out / "candidates_sub.ecsv", format="ascii.ecsv", overwrite=True)
-        _cutouts(out, "sub", cand, {"image": image, "template": template, "convolved": conv_full, "diff": diff_full,
+        write_cutouts(out, "sub", cand, {"image": image, "template": template, "convolved": conv_full, "diff": diff_full,
                                     "err": err_full, "mask": ((bits > 0) | tmask).astype(np.uint8)},
                  st["header"], wcs, p)
     st["candidates_sub"] = cand
@@ -405,9 +370,14 @@ def process(frame: Path, s: StageSettings, out: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    cold = argv[:1] == ["--cold"]
+    argv = argv[1:] if cold else argv
     if len(argv) < 3:
-        print("usage: python -m bench.plain_script SETTINGS_JSON WORKDIR FRAME [FRAME ...]", file=sys.stderr)
+        print("usage: python -m bench.plain_script [--cold] SETTINGS_JSON WORKDIR FRAME [FRAME ...]", file=sys.stderr)
         return 2
+    from .warm import preload
+
+    warm_s = None if cold else preload()
     settings = StageSettings.model_validate(json.loads(Path(argv[0]).read_text()))
     work = Path(argv[1])
     frames = [Path(f) for f in argv[2:]]
@@ -422,7 +392,8 @@ def main(argv: list[str] | None = None) -> int:
             if line.startswith("VmHWM:"):
                 hwm = round(int(line.split()[1]) / 1024, 1)
     print(json.dumps({"frames": results, "total_s": round(total, 3), "wall_s": round(time.perf_counter() - t0, 3),
-                      "import_s": round(IMPORT_S, 3), "peak_rss_mb": hwm}))
+                      "import_s": round(IMPORT_S, 3), "warm_s": warm_s and round(warm_s, 3),
+                      "peak_rss_mb": hwm}))
     return 0
 
 

@@ -187,8 +187,11 @@ def markdown(report: dict) -> str:
                      f"| {k['goal']} | {met} | {text} |")
     stages = report["keys"].get("frame_2k_s", {}).get("context", {}).get("stage_seconds")
     if stages:
-        lines += ["", "Seconds per stage (median), stdd stages (a frame alone: all cores) vs the plain STDPipe script "
-                  "(one thread):", "",
+        label = {"stdd_1_thread": "stdd, 1 thread", "plain": "plain script, 1 thread",
+                 "stdd": f"stdd, frame alone ({m.get('cpus')} threads)"}
+        lines += ["", "Seconds per stage (median), each side in a new process after the same warm-up: stdd's stages "
+                  "and the plain STDPipe script at one thread each (like with like), then stdd with a frame-alone "
+                  "budget (context, what `frame_2k_s` measures):", "",
                   "| frame | side | inspect | photometry | transients | subtraction | total |",
                   "|---|---|---|---|---|---|---|"]
         for size, sides in stages.items():
@@ -197,6 +200,6 @@ def markdown(report: dict) -> str:
                     continue
                 cells = [_fmt(sec.get(s), "s") for s in ("inspect", "photometry", "transients", "subtraction",
                                                           "total")]
-                lines.append(f"| {size} | {side} | " + " | ".join(cells) + " |")
+                lines.append(f"| {size} | {label.get(side, side)} | " + " | ".join(cells) + " |")
     lines.append("")
     return "\n".join(lines)

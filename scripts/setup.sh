@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Make this checkout ready to run: the Debian binaries stdd drives, then .venv with stdd and
-# its extras. Idempotent: a second run only checks. Usage: scripts/setup.sh [test]
+# its dependencies from the lock file. Idempotent: a second run only checks. Usage: scripts/setup.sh [run|test]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode="${1:-run}"
@@ -40,17 +40,37 @@ if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv"
   "$PY" -m venv .venv
 fi
-# reinstall only when pyproject.toml changed
+if ! .venv/bin/python -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
+  echo "setup: note: requirements/*.lock are resolved for Python 3.11, .venv has $(.venv/bin/python --version 2>&1)" >&2
+fi
+# Python packages: exactly the versions of the lock file (requirements/test.lock for the tests,
+# run.lock otherwise; `make lock` refreshes them), every file checked against its sha256, then stdd
+# itself, editable, with no other package. Reinstall only when the lock or pyproject.toml changed:
+# the stamp holds the mode and both files' digests. A venv set up for the tests has run.lock's
+# versions too (run.lock is test.lock less the test extra), so `make demo` after `make test` only checks.
+lock=requirements/$mode.lock
+extra=""; [ "$mode" = test ] && extra=test
 stamp=.venv/.stdd-installed
-want=$(sha256sum pyproject.toml | cut -d' ' -f1)-$mode
-if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  echo "setup: installing stdd into .venv"
-  .venv/bin/python -m pip install -q --disable-pip-version-check -U pip
-  extras=""; [ "$mode" = test ] && extras="[test]"
-  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".$extras" 2>&1 \
-    | grep -v -E "^(WARNING: Location|  )" || true
+digest() { cat "requirements/$1.lock" pyproject.toml | sha256sum | cut -d' ' -f1; }
+want="$mode $(digest "$mode")"
+have=$(cat "$stamp" 2>/dev/null || true)
+if [ "$have" != "$want" ] && ! { [ "$mode" = run ] && [ "$have" = "test $(digest test)" ]; }; then
+  echo "setup: installing the packages of $lock into .venv"
+  t0=$(date +%s)
+  # pip, quiet; a machine's pip.conf may name local indexes that lack a package: not our concern
+  pipq() { .venv/bin/python -m pip -q --disable-pip-version-check "$@" 2>&1 | { grep -v "^WARNING: Location" || true; }; }
+  rm -f "$stamp"
+  pipq install --require-hashes -r "$lock" || { echo "setup: installing $lock failed" >&2; exit 1; }
+  # stdd itself, editable; its build backend (setuptools, wheel) came from the lock
+  PYTHONWARNINGS=ignore pipq install --no-deps --no-build-isolation -e . || { echo "setup: installing stdd failed" >&2; exit 1; }
+  if ! bad=$(.venv/bin/python scripts/check_install.py $extra); then
+    echo "setup: $lock does not satisfy pyproject.toml (refresh it with \`make lock\`):" >&2
+    echo "$bad" >&2
+    exit 1
+  fi
   .venv/bin/python -c "import stdd, stdpipe" || { echo "setup: install failed" >&2; exit 1; }
   echo "$want" > "$stamp"
+  echo "setup: installed in $(( $(date +%s) - t0 )) s"
 fi
 # stdpipe looks for `swarp`; Debian installs `SWarp`
 if command -v SWarp >/dev/null 2>&1 && [ ! -e .venv/bin/swarp ]; then
