@@ -101,7 +101,7 @@ def _cone(cat: Table, ra: float, dec: float, radius: float) -> Table:
 
 # ====================================================================================== inspect
 def inspect(frame: Path, s: StageSettings, st: dict, q: Quiet) -> None:
-    from stdd.stages.inspect import _cosmics
+    from stdd.stages.inspect import find_cosmics
 
     p = s.pipeline
     with fits.open(frame) as hdul:
@@ -116,7 +116,7 @@ def inspect(frame: Path, s: StageSettings, st: dict, q: Quiet) -> None:
     bits[~finite] |= MASK_BITS["nonfinite"]
     bits[finite & (image >= sat)] |= MASK_BITS["saturated"]
     if p.mask_cosmics:
-        bits[_cosmics(q, image, bits > 0, gain, sat)] |= MASK_BITS["cosmic"]
+        bits[find_cosmics(q, image, bits > 0, gain, sat)] |= MASK_BITS["cosmic"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         wcs = WCS(header).celestial
@@ -133,7 +133,7 @@ def photometry(s: StageSettings, st: dict, out: Path, q: Quiet) -> None:
     from stdd.stages import astrometry as astro
     from stdd.stages.filters import BANDS
     from stdd.stages.measure import measure
-    from stdd.stages.photometry import _blend_filter, _fit_fwhm, _flag_catalog_blends, _fwhm
+    from stdd.stages.photometry import filter_blends, fit_fwhm, flag_catalog_blends, measured_fwhm
 
     p = s.pipeline
     image, mask, bits, gain, shape = st["image"], st["mask"], st["bits"], st["gain"], st["image"].shape
@@ -158,7 +158,7 @@ def photometry(s: StageSettings, st: dict, out: Path, q: Quiet) -> None:
             good = np.asarray(artefacts.filter_detections(obj, method="catalog", classifier="isolation",
                                                           verbose=False), bool)
         obj["flags"][~good] |= FLAG_OUTLIER
-    fwhm = _fit_fwhm(q, image, mask, obj, _fwhm(q, obj))
+    fwhm = fit_fwhm(q, image, mask, obj, measured_fwhm(q, obj))
     aper = max(p.rel_aper * fwhm, p.min_aper_pixels)
     obj = measure(obj, image, mask, fwhm=fwhm, aper=aper, bkgann=(p.rel_bg1 * fwhm, p.rel_bg2 * fwhm), gain=gain,
                   bg_size=_bg_size(p.bg_size, shape), segm=segm, ids=np.asarray(obj["NUMBER"]))
@@ -183,7 +183,7 @@ def photometry(s: StageSettings, st: dict, out: Path, q: Quiet) -> None:
     c = cat[np.isfinite(np.asarray(cat[col], float))]
     c = c[np.asarray(c[col], float) <= p.cat_limit]
     if p.blend_filter and len(c) > 1:
-        c = _blend_filter(c, col, 2 * fwhm * pixscale / 3600)
+        c = filter_blends(c, col, 2 * fwhm * pixscale / 3600)
     c1, c2 = BANDS[band].color
     use_color = p.use_color and f"{c1}mag" in c.colnames and f"{c2}mag" in c.colnames
     ecol = f"e_{col}"
@@ -205,7 +205,7 @@ def photometry(s: StageSettings, st: dict, out: Path, q: Quiet) -> None:
     if use_color:
         obj["cat_color"][m["oidx"]] = (np.asarray(c[f"{c1}mag"], float)[m["cidx"]]
                                        - np.asarray(c[f"{c2}mag"], float)[m["cidx"]])
-    _flag_catalog_blends(obj, cat, band, match_r / 3600, 2 * fwhm * pixscale / 3600)
+    flag_catalog_blends(obj, cat, band, match_r / 3600, 2 * fwhm * pixscale / 3600)
     color = np.asarray(obj["cat_color"], float)
     ct = m.get("color_term") if use_color else None
     obj["mag_calib"] = (np.asarray(obj["mag"], float) + zp.zp(obj["x"], obj["y"], obj["mag"])
@@ -222,7 +222,7 @@ def photometry(s: StageSettings, st: dict, out: Path, q: Quiet) -> None:
 
 # ====================================================================================== transients
 def transients(s: StageSettings, st: dict, out: Path, q: Quiet) -> None:
-    from stdd.stages.transients import ALLOWED_FLAGS, _known, _near_brighter, _near_catalog, _touches
+    from stdd.stages.transients import ALLOWED_FLAGS, known_mask, near_brighter, near_catalog, touches
 
     p = s.pipeline
     obj, cat, bits, fwhm, pixscale = st["obj"], st["cat"], st["bits"], st["fwhm"], st["pixscale"]
@@ -230,14 +230,14 @@ def transients(s: StageSettings, st: dict, out: Path, q: Quiet) -> None:
     flags, snr = np.asarray(obj["flags"]), np.asarray(obj["snr"], float)
     keep = (flags & ~(ALLOWED_FLAGS | FLAG_OUTLIER | 0x2000)) == 0
     keep &= ~(((flags & FLAG_OUTLIER) != 0) & (snr > p.simple_bright_shape_cut_sn))
-    keep &= ~_touches(bits, obj, 8, p.cosmic_dilate, aper)
-    keep &= ~_touches(bits, obj, 2, max(1, int(round(fwhm))), aper)
+    keep &= ~touches(bits, obj, 8, p.cosmic_dilate, aper)
+    keep &= ~touches(bits, obj, 2, max(1, int(round(fwhm))), aper)
     mag = np.asarray(obj["mag_calib"], float)
     col = f"{st['band']}mag"
     for radius in (0.5, 1.0):
-        keep &= ~_known(obj, mag, cat, col, max(radius * fwhm, 1.0) * pixscale, p.simple_mag_diff)
-    keep &= ~(((flags & 0x02) != 0) & _near_catalog(obj, cat, 2 * fwhm * pixscale))
-    keep &= ~_near_brighter(obj, mag, cat, col, 2 * fwhm * pixscale)
+        keep &= ~known_mask(obj, mag, cat, col, max(radius * fwhm, 1.0) * pixscale, p.simple_mag_diff)
+    keep &= ~(((flags & 0x02) != 0) & near_catalog(obj, cat, 2 * fwhm * pixscale))
+    keep &= ~near_brighter(obj, mag, cat, col, 2 * fwhm * pixscale)
     cand = obj[keep]
     cand = cand[np.argsort(np.where(np.isfinite(mag[keep]), mag[keep], 99.0))][:p.simple_max_candidates]
     cand.write(out / "candidates_simple.ecsv", format="ascii.ecsv", overwrite=True)
@@ -253,12 +253,12 @@ def subtraction(s: StageSettings, st: dict, out: Path, q: Quiet) -> None:
     from stdpipe import subtraction as ssub
     from stdpipe import templates as stt
 
-    from stdd.stages.subtraction import _bg_sub, _detect, _method, _sfft_stamps, _star_fluxes
+    from stdd.stages.subtraction import bg_subtracted, detect_candidates, sub_method_for, sfft_stamps, star_fluxes
 
     p = s.pipeline
     image, mask, bits, wcs, gain = st["image"], st["mask"], st["bits"], st["wcs"], st["gain"]
     shape, fwhm, aper, obj, zp = image.shape, st["fwhm"], st["aper"], st["obj"], st["zp"]
-    method = _method(q, s)
+    method = sub_method_for(q, s)
     # the field's template, on the frame's grid (SWarp, as the stage's default)
     tfile = next(Path(s.template.folder).glob(f"*_{st['band']}.fits"))
     with fits.open(tfile) as hdul:
@@ -277,7 +277,7 @@ def subtraction(s: StageSettings, st: dict, out: Path, q: Quiet) -> None:
                                    cat_col_mag=f"{st['band']}mag", cat_col_mag_err=None, cat_col_ra="RAJ2000",
                                    cat_col_dec="DEJ2000", wcs=wcs, dilate=0, mask_masked=False, mask_nans=False)
     tmask = binary_dilation(tmask, iterations=3) | ~np.isfinite(template)
-    stars = _star_fluxes(obj, zp)
+    stars = star_fluxes(obj, zp)
     h, w = shape
     nx, ny = max(1, round(w / p.sub_size)), max(1, round(h / p.sub_size))
     diff_full = np.full(shape, np.nan, np.float32)
@@ -293,8 +293,8 @@ def subtraction(s: StageSettings, st: dict, out: Path, q: Quiet) -> None:
             img, tpl = image[sl], template[sl]
             m = mask[sl] | ~np.isfinite(img)
             tm = tmask[sl] | ~np.isfinite(tpl)
-            img_bs, img_rms = _bg_sub(img, m)
-            tpl_bs, tpl_rms = _bg_sub(tpl, tm)
+            img_bs, img_rms = bg_subtracted(img, m)
+            tpl_bs, tpl_rms = bg_subtracted(tpl, tm)
             err = np.sqrt(img_rms ** 2 + np.clip(img_bs, 0, None) / gain)
             terr = np.sqrt(tpl_rms ** 2 + (np.clip(tpl_bs, 0, None) / tgain if tgain else 0.0))
             tobj = obj[(obj["x"] >= ox0) & (obj["x"] < ox1) & (obj["y"] >= oy0) & (obj["y"] < oy1)]
@@ -306,7 +306,7 @@ def subtraction(s: StageSettings, st: dict, out: Path, q: Quiet) -> None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 if method == "sfft":
-                    diff, conv, noise = _sfft_stamps(q, img_bs, tpl_bs, m, tm, err, terr, tobj, ks, fwhm)
+                    diff, conv, noise = sfft_stamps(q, img_bs, tpl_bs, m, tm, err, terr, tobj, ks, fwhm)
                 else:
                     diff, conv, noise = ssub.run_hotpants(
                         img_bs, tpl_bs, mask=m, template_mask=tm, err=err, template_err=terr, image_fwhm=fwhm,
@@ -317,7 +317,7 @@ def subtraction(s: StageSettings, st: dict, out: Path, q: Quiet) -> None:
             core, sub = (slice(y0, y1), slice(x0, x1)), (slice(y0 - oy0, y1 - oy0), slice(x0 - ox0, x1 - ox0))
             diff_full[core], err_full[core], conv_full[core] = diff[sub], noise[sub], np.asarray(conv, float)[sub]
             if p.sub_mode == "detection":
-                c = _detect(q, s, diff, noise, img_bs, conv, m | tm, bits[sl], wcs, zp, fwhm, aper, (ox0, oy0),
+                c = detect_candidates(q, s, diff, noise, img_bs, conv, m | tm, bits[sl], wcs, zp, fwhm, aper, (ox0, oy0),
                             (x0, x1, y0, y1), f"tile_{ix}_{iy}", stars=stars, tobj=tobj)
                 if len(c):
                     cands.append(c)

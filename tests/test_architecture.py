@@ -109,3 +109,14 @@ def test_modules_stay_small_or_say_why(path):
     head = "\n".join(lines[:40]).lower()
     assert "why this module is long" in head or "longer than" in head, \
         f"{path.relative_to(PKG)} has {len(lines)} lines and no reason at its top"
+
+
+def test_the_benchmarks_use_no_private_name_of_stdd():
+    bench = PKG.parent / "bench"
+    bad = []
+    for p in sorted(bench.glob("*.py")):
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("stdd"):
+                bad += [f"{p.name} imports {a.name} from {node.module}" for a in node.names
+                        if a.name.startswith("_") and not a.name.startswith("__")]
+    assert not bad, "\n".join(bad)

@@ -104,3 +104,17 @@ def test_the_db_size_measure_runs_a_small_week_through_the_store_and_the_retenti
     assert pruned["complete"] and pruned["auto_vacuum"] == "incremental" and pruned["pages_freed"] > 0
     assert ctx["aged"]["size"]["total_mb"] < key["value"]
     assert ctx["projection"]["steady_state_history_mb"] > 0
+
+
+def test_the_plain_script_runs_every_stage_on_a_small_frame(tmp_path):
+    """The benchmark's denominator really runs (it calls stdd's stage helpers: a rename there
+    must not leave it broken until the next full bench)."""
+    from bench.common import Context
+    from bench.frame import plain
+    from bench.inputs import field_of
+
+    ctx = Context(quick=True, work=tmp_path, log=lambda *_: None)
+    field = field_of(ctx, 512, 1)
+    res = plain(ctx, field, field.frames[0], "t", timeout=300)
+    assert res["status"] == "done", res
+    assert set(res["stages"]) >= {"inspect", "photometry", "transients", "subtraction"}, res

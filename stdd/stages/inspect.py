@@ -140,7 +140,7 @@ def _inspect(run: StageRun, settings: StageSettings):
             run.note(f"cosmic rays not masked: the frame is undersampled (FWHM about {fwhm_quick:.1f} px), "
                      "so the detector would take star cores for cosmic rays")
         else:
-            cosmic = _cosmics(run, image, mask > 0, gain, sat, filled=filled, bg=bg)
+            cosmic = find_cosmics(run, image, mask > 0, gain, sat, filled=filled, bg=bg)
             frac = float(cosmic.mean())
             if frac > MAX_COSMIC_FRACTION:
                 run.note(f"cosmic-ray mask not used: it flags {100 * frac:.1f}% of the pixels, far more than "
@@ -327,7 +327,7 @@ def _quick_fwhm(img, bg, mask) -> float | None:
         return None
 
 
-def _cosmics(run, image, mask, gain, sat, *, filled=None, bg=None) -> np.ndarray:
+def find_cosmics(run, image, mask, gain, sat, *, filled=None, bg=None) -> np.ndarray:
     """Cosmic rays by astroscrappy with an empirical noise model (as STDPipe's make_mask).
     `filled`, `bg`: what `_background` gave, if the caller has it already."""
     import astroscrappy

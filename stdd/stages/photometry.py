@@ -106,8 +106,8 @@ def _photometry(run: StageRun, settings: StageSettings):
     if p.prefilter_outliers and len(obj) >= 30:
         _prefilter(run, obj)
 
-    fwhm0 = _fwhm(run, obj)
-    fwhm = _fit_fwhm(run, image, mask, obj, fwhm0)
+    fwhm0 = measured_fwhm(run, obj)
+    fwhm = fit_fwhm(run, image, mask, obj, fwhm0)
     aper = max(p.rel_aper * fwhm, p.min_aper_pixels)
     run.log(f"FWHM {fwhm:.2f} px; aperture radius {aper:.2f} px, annulus {p.rel_bg1 * fwhm:.1f}..{p.rel_bg2 * fwhm:.1f} px")
 
@@ -162,7 +162,7 @@ def _photometry(run: StageRun, settings: StageSettings):
         if zp_model.color:
             c1, c2 = zp_model.color.split("-")
             obj["cat_color"][oidx] = np.asarray(calcat[f"{c1}mag"], float)[cidx] - np.asarray(calcat[f"{c2}mag"], float)[cidx]
-        _flag_catalog_blends(obj, cat, zp_model.catalog_band, catinfo["match_radius"] / 3600,
+        flag_catalog_blends(obj, cat, zp_model.catalog_band, catinfo["match_radius"] / 3600,
                              2 * fwhm * pixscale / 3600)
         obj["mag_calib"] = zp_model.calibrate(obj["x"], obj["y"], obj["mag"], obj["cat_color"])
         obj["mag_calib_err"] = np.hypot(obj["magerr"], zp_model.zp_err(obj["x"], obj["y"], obj["mag"]))
@@ -238,7 +238,7 @@ def _prefilter(run, obj):
     run.log(f"pre-filter: {int((~good).sum())} of {len(obj)} objects flagged as shape outliers (0x800)")
 
 
-def _fwhm(run, obj) -> float:
+def measured_fwhm(run, obj) -> float:
     """The mode (narrowest quartile window) of 2·FLUX_RADIUS of clean bright objects.
 
     The median of STDWeb is pulled up by blends in crowded fields (7 px instead of 1.7 px on the
@@ -260,7 +260,7 @@ def _fwhm(run, obj) -> float:
     raise StageError(f"{STAGE}: cannot estimate the FWHM (no usable object)")
 
 
-def _fit_fwhm(run, image, mask, obj, fwhm0: float) -> float:
+def fit_fwhm(run, image, mask, obj, fwhm0: float) -> float:
     """FWHM from Moffat fits to bright isolated unflagged stars (median), or `fwhm0` when that fails.
 
     2·FLUX_RADIUS (STDWeb's estimate, `fwhm0`) is the half-light diameter, which for real (Moffat)
@@ -503,7 +503,7 @@ def _calibrate(run, p, obj, cat: Table, band: str, fwhm: float, pixscale: float,
     c = cat[np.isfinite(np.asarray(cat[col], float))]
     c = c[np.asarray(c[col], float) <= p.cat_limit]
     if p.blend_filter and len(c) > 1:
-        c = _blend_filter(c, col, 2 * fwhm * pixscale / 3600)
+        c = filter_blends(c, col, 2 * fwhm * pixscale / 3600)
     color = None
     c1, c2 = filters.BANDS[band].color if cat_band == band else filters.BANDS[cat_band].color
     if p.use_color and f"{c1}mag" in c.colnames and f"{c2}mag" in c.colnames:
@@ -552,7 +552,7 @@ def _calibrate(run, p, obj, cat: Table, band: str, fwhm: float, pixscale: float,
 FLAG_CATALOG_BLEND = 0x2000
 
 
-def _flag_catalog_blends(obj, cat, band, match_deg, radius_deg):
+def flag_catalog_blends(obj, cat, band, match_deg, radius_deg):
     """Flag (0x2000) objects whose catalogue star has a neighbour within 2·FWHM at most 2.5 mag
     fainter: their centroid and flux are those of an unresolved blend."""
     from stdpipe import astrometry as sa
@@ -567,7 +567,7 @@ def _flag_catalog_blends(obj, cat, band, match_deg, radius_deg):
     obj["flags"][np.unique(oi[blended[ci]])] |= FLAG_CATALOG_BLEND
 
 
-def _blend_filter(cat: Table, col: str, radius_deg: float) -> Table:
+def filter_blends(cat: Table, col: str, radius_deg: float) -> Table:
     """Drop catalogue stars with a neighbour within `radius` not more than 3 mag fainter."""
     from stdpipe import astrometry as sa
 

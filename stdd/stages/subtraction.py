@@ -58,7 +58,7 @@ def hotpants_exe(settings) -> str | None:
     return shutil.which("hotpants")
 
 
-def _method(run, settings) -> str:
+def sub_method_for(run, settings) -> str:
     m = settings.pipeline.sub_method
     if m == "auto":
         return "hotpants" if hotpants_exe(settings) else "sfft"
@@ -94,7 +94,7 @@ def _subtraction(run: StageRun, settings: StageSettings):
     gain = state.get("gain")
 
     # ---- template
-    method = _method(run, settings)
+    method = sub_method_for(run, settings)
     tfile = settings.template.file if settings.template.source == "custom" else None
     try:
         tmpl = get_template(settings.template, state["band"], wcs, shape, offline=settings.offline,
@@ -316,7 +316,7 @@ def _template_mask(run, settings, template, tmpl, wcs, band) -> np.ndarray:
     return m
 
 
-def _bg_sub(data, mask):
+def bg_subtracted(data, mask):
     try:
         import sep_x as sep
     except ImportError:  # pragma: no cover
@@ -349,8 +349,8 @@ def _tile(run, settings, method, image, template, mask, bits, tmask, wcs, header
         info["error"] = "more than 80% of the tile is masked or not covered by the template"
         run.note(f"{name}: skipped, {info['error']}")
         return {"info": info}
-    img_bs, img_rms = _bg_sub(img, m)
-    tpl_bs, tpl_rms = _bg_sub(tpl, tm)
+    img_bs, img_rms = bg_subtracted(img, m)
+    tpl_bs, tpl_rms = bg_subtracted(tpl, tm)
     err = np.sqrt(img_rms ** 2 + (np.clip(img_bs, 0, None) / gain if gain else 0.0))
     tgain = tmpl.gain
     terr = np.sqrt(tpl_rms ** 2 + (np.clip(tpl_bs, 0, None) / tgain if tgain else 0.0))
@@ -365,7 +365,7 @@ def _tile(run, settings, method, image, template, mask, bits, tmask, wcs, header
             warnings.simplefilter("ignore")
             if method == "sfft" and not (p.sfft_kernel_poly_order or p.sfft_bg_poly_order or p.sfft_flux_poly_order) \
                     and len(tobj) >= 10:
-                diff, conv, noise = _sfft_stamps(run, img_bs, tpl_bs, m, tm, err, terr, tobj, ks, fwhm)
+                diff, conv, noise = sfft_stamps(run, img_bs, tpl_bs, m, tm, err, terr, tobj, ks, fwhm)
             elif method == "sfft":
                 # the template noise is propagated through the fitted kernel afterwards rather than
                 # passed as template_err, which would cost SFFT a second full assembly pass
@@ -414,8 +414,8 @@ def _tile(run, settings, method, image, template, mask, bits, tmask, wcs, header
         write_fits(target, arr.astype(np.float32) if arr.dtype != np.uint8 else arr, thdr)
     cands = Table()
     if p.sub_mode == "detection":
-        cands = _detect(run, settings, diff, noise, img_bs, conv, m | tm, bits[sl], wcs, zp, fwhm, aper,
-                        (ox0, oy0), core, name, stars=_star_fluxes(obj, zp), tobj=tobj)
+        cands = detect_candidates(run, settings, diff, noise, img_bs, conv, m | tm, bits[sl], wcs, zp, fwhm, aper,
+                        (ox0, oy0), core, name, stars=star_fluxes(obj, zp), tobj=tobj)
     rows = [{"ra": float(c["ra"]), "dec": float(c["dec"]), "name": f"{name}:{k + 1}"} for k, c in enumerate(cands)]
     write_text(run.product(f"{tdir}/candidates.reg"), ds9_regions(rows, color="magenta"))
     if len(cands):
@@ -448,7 +448,7 @@ def _select_stamps(obj, shape, size, badmask, grid=4, per_cell=10):
     return out
 
 
-def _sfft_stamps(run, img, tpl, m, tm, err, terr, obj, ks, fwhm):
+def sfft_stamps(run, img, tpl, m, tm, err, terr, obj, ks, fwhm):
     """SFFT with a spatially constant kernel, fitted on a mosaic of stamps around bright stars.
 
     With polynomial orders 0/0/0 the model has no spatial terms, so fitting the kernel on the
@@ -509,7 +509,7 @@ def _sfft_stamps(run, img, tpl, m, tm, err, terr, obj, ks, fwhm):
     return diff, conv, noise
 
 
-def _star_fluxes(obj, zp) -> Table:
+def star_fluxes(obj, zp) -> Table:
     """x, y and estimated total flux (ADU) of the bright stars on the frame; saturated stars get
     their flux from the catalogue magnitude when they were matched (their measured flux is clipped)."""
     if obj is None or not len(obj):
@@ -583,7 +583,7 @@ def _star_residual(run, obj, d, e, badmask, tobj, fwhm, aper, name, k=5.0, floor
     return out
 
 
-def _detect(run, settings, diff, noise, img_bs, conv, badmask, bits, wcs, zp, fwhm, aper, origin, core, name,
+def detect_candidates(run, settings, diff, noise, img_bs, conv, badmask, bits, wcs, zp, fwhm, aper, origin, core, name,
             stars=None, tobj=None):
     """Candidates on one tile's difference: detection, measurement, cuts, dipole test."""
     from stdpipe import cutouts as scut

@@ -85,13 +85,13 @@ def _transients(run: StageRun, settings: StageSettings):
     if cat is not None and len(cat):
         col = f"{band}mag" if band and f"{band}mag" in cat.colnames else _any_mag(cat)
         for radius, why in ((0.5, "catalogue star within ½ FWHM"), (1.0, "catalogue star within 1 FWHM")):
-            drop(_known(obj, mag, cat, col, max(radius * fwhm, 1.0) * pixscale, p.simple_mag_diff),
+            drop(known_mask(obj, mag, cat, col, max(radius * fwhm, 1.0) * pixscale, p.simple_mag_diff),
                  why)
-        near = _near_catalog(obj, cat, 2 * fwhm * pixscale)
+        near = near_catalog(obj, cat, 2 * fwhm * pixscale)
         drop(((flags & 0x02) != 0) & near, "blend near a catalogue star (2 FWHM)")
         # a fainter detection beside a brighter known star is a piece of it (split by the deblender
         # or by noise), not a new object
-        drop(_near_brighter(obj, mag, cat, col, 2 * fwhm * pixscale), "fainter than a catalogue star within 2 FWHM")
+        drop(near_brighter(obj, mag, cat, col, 2 * fwhm * pixscale), "fainter than a catalogue star within 2 FWHM")
     else:
         run.note("no reference catalogue: every clean object is a candidate")
     drop(_on_a_wing(obj, keep, fwhm, aper), "on the wing of a much brighter star")
@@ -178,7 +178,7 @@ def touches(bits, obj, bit: int, dilate: int, radius: float) -> np.ndarray:
     return out
 
 
-def _known(obj, mag, cat, col, radius_arcsec, mag_diff) -> np.ndarray:
+def known_mask(obj, mag, cat, col, radius_arcsec, mag_diff) -> np.ndarray:
     """Objects with a catalogue star within the radius, unless brighter than it by `mag_diff`."""
     from stdpipe import astrometry as sa
 
@@ -196,7 +196,7 @@ def _known(obj, mag, cat, col, radius_arcsec, mag_diff) -> np.ndarray:
     return explained
 
 
-def _near_brighter(obj, mag, cat, col, radius_arcsec) -> np.ndarray:
+def near_brighter(obj, mag, cat, col, radius_arcsec) -> np.ndarray:
     from stdpipe import astrometry as sa
 
     out = np.zeros(len(obj), bool)
@@ -209,7 +209,7 @@ def _near_brighter(obj, mag, cat, col, radius_arcsec) -> np.ndarray:
     return out
 
 
-def _near_catalog(obj, cat, radius_arcsec) -> np.ndarray:
+def near_catalog(obj, cat, radius_arcsec) -> np.ndarray:
     from stdpipe import astrometry as sa
 
     oi, _, _ = sa.spherical_match(obj["ra"], obj["dec"], cat["RAJ2000"], cat["DEJ2000"], radius_arcsec / 3600)
@@ -242,7 +242,7 @@ def _vizier_checks(run, settings, obj, mag, keep, drop, fwhm, pixscale, phot):
         if not len(c.table):
             continue
         col = f"{phot.get('band')}mag" if f"{phot.get('band')}mag" in c.table.colnames else _any_mag(c.table)
-        drop(_known(obj, mag, c.table, col, max(fwhm, 1.0) * pixscale, settings.pipeline.simple_mag_diff),
+        drop(known_mask(obj, mag, c.table, col, max(fwhm, 1.0) * pixscale, settings.pipeline.simple_mag_diff),
              f"in {name}")
 
 
