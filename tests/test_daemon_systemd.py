@@ -73,7 +73,7 @@ def test_run_under_a_systemd_like_environment(tmp_path):
         drain(lambda: any("READY=1" in m for m in messages))
         drain(lambda: sum(m == "WATCHDOG=1" for m in messages) >= 3, timeout=5)
         write_frame(d.incoming / "a.fits", "a")
-        d.wait_terminal(1, 20)
+        d.wait_terminal(1, 60)  # the warm fork server may take 10 s to start on a loaded machine
         d.send(signal.SIGHUP)
         drain(lambda: any(m.startswith("RELOADING=1") for m in messages), timeout=10)
         assert d.stop() == 0
