@@ -47,7 +47,7 @@ def sections(profile, header, shape) -> tuple[tuple[int, int, int, int] | None, 
         if x2 >= w or y2 >= h:
             raise GeometryError(f"{source} {text.strip()} is outside the {w}x{h} image")
         out.append(sec)
-        notes.append(f"{name} {text.strip()} ({source})")
+        notes.append(f"{text.strip()} ({source})")
     return out[0], out[1], notes
 
 
