@@ -85,3 +85,8 @@ def group_frames(infos: list[FrameInfo], temperature_band: float) -> list[Group]
 def _group(key: tuple, frames: list[FrameInfo]) -> Group:
     kind, instrument, shape, binning, readout, temp, band, exptime = key
     return Group(kind, instrument, tuple(shape), binning, readout, temp, band, exptime, list(frames))
+
+
+def group_label(info: FrameInfo, temperature_band: float) -> str:
+    """The set a calibration frame belongs to, in words (the daemon records it with the frame)."""
+    return _group(group_key(info, temperature_band), [info]).label()

@@ -7,6 +7,9 @@ against the config file's folder once, at load time.
 Design note: pydantic v2 models, one per TOML section. The pipeline section holds STDWeb's
 defaults (shared/spec/stages.md) so that a frame processed by stdd and by STDWeb with default
 settings is measured the same way.
+
+Why this module is long: it is the one place every key is declared, with its type, bounds and
+description; splitting the sections across modules would scatter what `stdd config show` prints.
 """
 from __future__ import annotations
 
