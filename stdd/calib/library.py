@@ -109,7 +109,11 @@ class Library:
 def describe_need(kind: str, info, dark_scaling: bool = True) -> str:
     """"r flat", "bias", "dark of 120 s" — what a frame needs, in words."""
     if kind == "flat":
-        return f"{info.band} flat" if info.band else "flat (the frame has no filter)"
+        from ..stages.filters import BANDS
+
+        if not info.band:
+            return "flat (the frame has no filter)"
+        return f"{info.band} flat" if info.band in BANDS else f"flat of filter {info.band!r}"
     if kind == "dark" and not dark_scaling and info.exptime is not None:
         return f"dark of {info.exptime:g} s"
     if kind == "bpm":
