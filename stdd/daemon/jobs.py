@@ -298,7 +298,7 @@ def build_own_templates(folders: list[str], out_dir: str, min_frames: int, max_f
     return {"built": [b.to_dict() for b in built], "skipped": skipped, "log": lines}
 
 
-def build_calibration(items: list[tuple[str, str]], settings_data: dict) -> dict:
+def build_calibration(items: list[tuple[str, str]], settings_data: dict, config_file: str | None = None) -> dict:
     """Run in a child process by the daemon's calibration job: masters from the calibration frames
     `items` = [(spool copy, the path it arrived at)] into calibration.library. Each frame's profile
     is chosen as for a light frame (folder of its arrival path, else its header, else the default).
@@ -308,6 +308,8 @@ def build_calibration(items: list[tuple[str, str]], settings_data: dict) -> dict
     from ..stages.profiles import choose, load_profiles, read_header
 
     settings = Settings.model_validate(settings_data)
+    if config_file:  # watch.profiles folders are relative to the config file
+        settings._source_file = Path(config_file)
     profiles = load_profiles(settings)
     pairs = []
     for copy, origin in items:

@@ -187,7 +187,8 @@ class Scheduler:
         loop = asyncio.get_running_loop()
         try:
             with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as ex:
-                report = await loop.run_in_executor(ex, jobs.build_calibration, items, s.model_dump(mode="json"))
+                report = await loop.run_in_executor(ex, jobs.build_calibration, items, s.model_dump(mode="json"),
+                                                    str(s.source_file) if s.source_file else None)
         except Exception as e:  # the child died or could not start: the frames stay pending for the next run
             why = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
             log.error("calibration: the build failed: %s", why)
