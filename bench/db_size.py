@@ -22,7 +22,6 @@ write transaction and the worst wait of a writer running alongside), what a week
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 import threading
 import time

@@ -62,6 +62,8 @@ KEYS: tuple[Key, ...] = (
     Key("db_status_ms_10k", "ms", "`stdd status` with 10,000 frame records", "<=", 50.0),
     Key("db_size_week_mb", "MB", "the state file after a week at 2,000 frames a night (4 stage runs each, 40 "
         "notices a day), the retention job run as the daemon runs it", "<=", 120.0),
+    Key("calib_stage_2k_s", "s", "the calibrate stage on a 2048² raw frame (bench/calib.py)", "<=", 1.0),
+    Key("calib_build_20_s", "s", "`stdd calib build` of a master from 20 raw 2048² frames", "<=", 30.0),
     Key("dask_vs_local", "ratio", "seconds for the same frames on a 2-worker Dask LocalCluster ÷ on the "
         "2-worker local pool (above 1: Dask is slower)"),
 )
@@ -76,6 +78,7 @@ MEASURES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("bench.throughput", ("overhead_ratio", "scaling_2v1")),
     ("bench.status_load", ("status_p99_ms", "loop_lag_max_ms", "ingest_p99_s", "rss_idle_mb")),
     ("bench.dask_compare", ("dask_vs_local",)),
+    ("bench.calib", ("calib_stage_2k_s", "calib_build_20_s")),
 )
 
 

@@ -41,6 +41,8 @@ class StageSpec:
 
 
 PIPELINE: tuple[StageSpec, ...] = (
+    StageSpec("calibrate", "stdd.stages.calibrate:run",
+              "overscan, trim, bias, scaled dark, flat and bad pixels from the calibration library"),
     StageSpec("inspect", "stdd.stages.inspect:run",
               "load, fix header, gain/saturation/filter, mask, WCS check, footprint"),
     StageSpec("photometry", "stdd.stages.photometry:run",
@@ -60,14 +62,27 @@ def stage_spec(name: str) -> StageSpec:
     raise ValueError(f"unknown stage {name!r}; stages are {', '.join(STAGE_NAMES)}")
 
 
+#: stages that run only when the settings turn them on (`with_optional_steps`), not by default
+OPTIONAL_STAGES = ("calibrate",)
+
+
 def select_steps(steps: Iterable[str] | None) -> list[str]:
-    """Validate and order a requested set of steps (pipeline order wins)."""
+    """Validate and order a requested set of steps (pipeline order wins). No steps: every stage
+    but the optional ones."""
     if not steps:
-        return list(STAGE_NAMES)
+        return [n for n in STAGE_NAMES if n not in OPTIONAL_STAGES]
     wanted = set(steps)
     for name in wanted:
         stage_spec(name)
     return [n for n in STAGE_NAMES if n in wanted]
+
+
+def with_optional_steps(names: list[str], settings: StageSettings) -> list[str]:
+    """`names` with calibrate in front when a calibration library is configured and the chain
+    starts at inspect (a retry from a later stage keeps the calibrated frame it has)."""
+    if settings.calibration.library is not None and "inspect" in names and "calibrate" not in names:
+        return select_steps(["calibrate", *names])
+    return names
 
 
 def prepare_folder(source: Path, folder: Path) -> Path:
@@ -101,7 +116,7 @@ def run_chain(folder: Path, settings: StageSettings, steps: Iterable[str] | None
     from .stages.profiles import settle
 
     folder = Path(folder)
-    names = select_steps(steps)
+    names = with_optional_steps(select_steps(steps), settings)
     settings = settle(settings, folder)  # the frame's instrument profile, chosen here by its header
     previous = _read_json(folder / RESULT_FILE) or {}
     results: dict[str, StageResult] = {}

@@ -13,7 +13,7 @@ import sqlite_utils
 from stdd.alerts import AlertService, IntakeMessage
 from stdd.alerts.latency import swift_voevent
 from stdd.config import settings_from_dict
-from stdd.store import Database
+from stdd.store import SCHEMA_VERSION, Database
 from stdd.store import database as dbmod
 
 TOPIC = "gcn.classic.voevent.SWIFT_BAT_GRB_POS_ACK"
@@ -68,7 +68,7 @@ def test_v1_file_migrates_and_recovery_finishes_what_the_old_code_left(tmp_path)
     conn.close()
 
     db = Database(path)
-    assert db.schema_version() == 2
+    assert db.schema_version() == SCHEMA_VERSION
     msgs = {m["id"]: m for m in db.query("SELECT id, sha256, deliveries, attempts FROM alert_messages")}
     assert msgs[1]["sha256"] and msgs[2]["sha256"] is None and msgs[3]["sha256"]  # the copy keeps no hash
     assert {m["deliveries"] for m in msgs.values()} == {1}

@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "alert_cmd",    # stdd alert parse
     "synth_cmd",    # stdd synth
     "templates_cmd",  # stdd templates build
+    "calib_cmd",    # stdd calib build|list
 )
 
 

@@ -44,3 +44,21 @@ def _json_default(o: Any):
 def fail(message: str, code: int = EXIT_FAILURE) -> None:
     click.echo(f"error: {message}", err=True)
     sys.exit(code)
+
+
+def settings_or_defaults(ctx: click.Context, overrides: dict[str, Any] | None = None) -> Settings:
+    """Settings from --config / $STDD_CONFIG / ./stdd.toml, or the defaults when there is no file
+    (commands that work on files alone: `stdd calib build`)."""
+    from ..config import settings_from_dict
+    from ..config.load import apply_overrides, default_config_path
+
+    path = config_path(ctx)
+    try:
+        if path or default_config_path().is_file():
+            return load_settings(path, overrides=overrides)
+        data = apply_overrides({}, overrides, "<defaults>") if overrides else {}
+        return settings_from_dict(data, "<defaults>", Path.cwd())
+    except ConfigError as e:
+        for line in e.errors:
+            click.echo(f"config error: {line}", err=True)
+        sys.exit(EXIT_USAGE)

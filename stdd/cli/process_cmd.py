@@ -79,6 +79,8 @@ def register(cli: click.Group) -> None:
                   help="Reference catalogue file (FITS, ECSV, Parquet, VOTable); repeatable. Sets catalog.source = local.")
     @click.option("--template", type=click.Path(dir_okay=False, path_type=Path),
                   help="Template image for subtraction. Sets template.source = custom.")
+    @click.option("--calib", "calib", type=click.Path(file_okay=False, path_type=Path),
+                  help="Calibration library: run the calibrate stage first (sets calibration.library).")
     @click.option("-c", "--set", "overrides", multiple=True, metavar="KEY=VALUE",
                   help="Override a setting (a bare key is a [pipeline] key), e.g. -c sn=3 -c catalog.source=vizier.")
     @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("stdd-results"),
@@ -87,7 +89,7 @@ def register(cli: click.Group) -> None:
                   help="Print the result.json (an object for one file, a list for several).")
     @click.option("--keep-work", is_flag=True, help="Keep the work folders (<out>/.work/NAME).")
     @click.pass_context
-    def process(ctx, files, steps, profile, catalogs, template, overrides, out, as_json, keep_work):
+    def process(ctx, files, steps, profile, catalogs, template, calib, overrides, out, as_json, keep_work):
         """Run the stages on FILE... and write one result folder per file under --out."""
         from ..config.load import ConfigError, parse_override
         from ..pipeline import prepare_folder, publish, run_chain, select_steps
@@ -105,6 +107,11 @@ def register(cli: click.Group) -> None:
         if catalogs:
             parsed["catalog.source"] = "local"
             parsed["catalog.files"] = [str(Path(c).resolve()) for c in catalogs]
+        if calib:
+            if not Path(calib).is_dir():
+                click.echo(f"error: --calib {calib}: no such folder", err=True)
+                sys.exit(EXIT_USAGE)
+            parsed["calibration.library"] = str(Path(calib).resolve())
         if template:
             parsed["template.source"] = "custom"
             parsed["template.file"] = str(Path(template).resolve())

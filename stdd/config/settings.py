@@ -7,6 +7,9 @@ against the config file's folder once, at load time.
 Design note: pydantic v2 models, one per TOML section. The pipeline section holds STDWeb's
 defaults (shared/spec/stages.md) so that a frame processed by stdd and by STDWeb with default
 settings is measured the same way.
+
+Why this module is long: it is the one place every key is declared, with its type, bounds and
+description; splitting the sections across modules would scatter what `stdd config show` prints.
 """
 from __future__ import annotations
 
@@ -70,7 +73,7 @@ class PoolSettings(Section):
     crash_loop_pause_minutes: float = Field(
         30.0, ge=0, description="intake resumes by itself after this long; 0 = only when resumed by hand"
     )
-    stage_timeouts: dict[Literal["inspect", "photometry", "transients", "subtraction"], float] = Field(
+    stage_timeouts: dict[Literal["calibrate", "inspect", "photometry", "transients", "subtraction"], float] = Field(
         default_factory=dict, description="per-stage timeout in seconds, overriding stage_timeout_seconds"
     )
     retry_timeouts: bool = Field(False, description="retry a frame whose stage timed out (a hang is usually not transient)")
@@ -92,7 +95,7 @@ class PoolSettings(Section):
                               "(warm: ~10 % faster per frame); 1 = a new process for every frame")
     process_max_rss_mb: float = Field(
         3000.0, ge=0, description="a frame process holding more memory than this after a frame is not reused; 0 = no limit")
-    stage_functions: dict[Literal["inspect", "photometry", "transients", "subtraction"], str] = Field(
+    stage_functions: dict[Literal["calibrate", "inspect", "photometry", "transients", "subtraction"], str] = Field(
         default_factory=dict, description="tests and experiments: replace a stage's function, name -> module:callable"
     )
     dask_scheduler: str | None = None
@@ -133,9 +136,9 @@ class HttpSettings(Section):
 class PipelineSettings(Section):
     """Processing parameters; defaults are STDWeb's."""
 
-    steps: list[Literal["inspect", "photometry", "transients", "subtraction"]] = Field(
-        default_factory=lambda: ["inspect", "photometry", "transients", "subtraction"]
-    )
+    steps: list[Literal["calibrate", "inspect", "photometry", "transients", "subtraction"]] = Field(
+        default_factory=lambda: ["inspect", "photometry", "transients", "subtraction"],
+        description="calibrate runs before inspect whenever calibration.library is set, listed or not")
     instrument: str | None = None
     # inspect
     mask_cosmics: bool = True
@@ -346,6 +349,46 @@ class DaemonSettings(Section):
                                      "ones are checked against the database when seen again")
 
 
+CalibKind = Literal["bias", "dark", "flat"]
+
+
+class MaxAgeDays(Section):
+    """How far in time (days, either side) a master may be from the frame it calibrates."""
+
+    bias: float = Field(30.0, gt=0)
+    dark: float = Field(30.0, gt=0)
+    flat: float = Field(30.0, gt=0)
+
+
+class CalibrationSettings(Section):
+    """Calibration masters and the calibrate stage (stdd/calib/, stdd/stages/calibrate.py).
+
+    Unset `library`: no calibrate stage (unless `stdd process --calib LIBRARY`), and calibration
+    frames arriving in the watched folders are recorded with their type but no master is built."""
+
+    library: Path | None = Field(None, description="the calibration library folder (masters and index.json)")
+    max_age_days: MaxAgeDays = Field(default_factory=MaxAgeDays)
+    required: bool = Field(False, description="a frame missing a master it needs fails instead of a note")
+    set_close_minutes: float = Field(
+        10.0, gt=0, description="the daemon builds masters once no calibration frame has arrived for this long")
+    build_hour_utc: int | None = Field(
+        12, ge=0, le=23, description="daily build of whatever calibration frames are still pending; unset = only "
+                                     "when a set closes")
+    hold_lights_minutes: float = Field(
+        30.0, ge=0, description="light frames arriving while calibration frames wait for their masters are held "
+                                "back at most this long (0 = never held)")
+    min_frames: int = Field(3, ge=1, description="fewer frames in a set still give a master, with a warning")
+    sigma_clip: float = Field(3.0, gt=0, description="sigma clipping of the combination (both sides)")
+    combine: Literal["median", "average"] = "median"
+    temperature_band: float = Field(2.0, gt=0, description="°C: masters and frames within this are one group")
+    hot_pixel_sigma: float = Field(6.0, gt=0, description="dark pixels this many σ above the median are hot")
+    bad_flat_ratio: float = Field(0.2, gt=0, lt=1, description="flat pixels off their local median by more than "
+                                                               "this fraction are bad (dead columns, dust cores)")
+    flat_min_level: float = Field(1000.0, ge=0, description="ADU: flats below this (bias removed) are left out")
+    flat_max_fraction: float = Field(0.8, gt=0, le=1, description="flats whose median is above this fraction of "
+                                                                   "saturation are left out")
+
+
 class RetentionSettings(Section):
     """How long things are kept. 0 keeps them forever. Frame and alert rows (the summaries) are
     always kept; the database keys prune the history behind them (stdd.store.retention)."""
@@ -373,6 +416,7 @@ class Settings(Section):
     site: SiteSettings = Field(default_factory=SiteSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    calibration: CalibrationSettings = Field(default_factory=CalibrationSettings)
     daemon: DaemonSettings = Field(default_factory=DaemonSettings)
     instruments_dir: Path = Path("config/instruments")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -383,6 +427,24 @@ class Settings(Section):
     @property
     def source_file(self) -> Path | None:
         return self._source_file
+
+
+class ProfileCalibration(Section):
+    """What the calibrate stage does for one camera (the profile's `[calibration]` table)."""
+
+    bias: bool = Field(True, description="subtract a master bias")
+    dark: bool = Field(True, description="subtract a master dark")
+    flat: bool = Field(True, description="divide by a master flat of the frame's band")
+    bad_pixels: bool = Field(True, description="mask the bad pixels of the library's bad-pixel mask")
+    dark_scaling: bool = Field(
+        True, description="darks may be scaled by exposure time (bias-subtracted darks; a camera whose dark "
+                          "frames carry the bias, or whose dark current is not linear, sets false: then only a "
+                          "dark of the same exposure time is used)")
+    required: bool | None = Field(None, description="a frame missing a master fails (default calibration.required)")
+    max_age_days: MaxAgeDays | None = Field(None, description="default calibration.max_age_days")
+    binning_keywords: list[str] = Field(default_factory=list, description="tried before XBINNING/YBINNING, CCDSUM, ...")
+    readout_keywords: list[str] = Field(default_factory=list, description="tried before READOUTM, READMODE, ...")
+    temperature_keywords: list[str] = Field(default_factory=list, description="tried before CCD-TEMP, CCDTEMP, ...")
 
 
 class InstrumentProfile(Section):
@@ -396,18 +458,27 @@ class InstrumentProfile(Section):
     saturation: float | None = Field(None, gt=0)
     pixel_scale_arcsec: float | None = Field(None, gt=0)
     filter_aliases: dict[str, str] = Field(default_factory=dict, description="header value -> band")
-    trim: str | None = Field(None, description="FITS section kept, e.g. [1:2048,1:2048]")
-    overscan: str | None = Field(None, description="FITS section of the overscan, e.g. [2049:2080,1:2048]")
+    trim: str | None = Field(None, description="FITS section kept, e.g. [1:2048,1:2048]; \"header\": TRIMSEC "
+                                               "(else DATASEC)")
+    overscan: str | None = Field(None, description="FITS section of the overscan, e.g. [2049:2080,1:2048]; "
+                                                   "\"header\": BIASSEC")
     bad_pixel_mask: Path | None = None
+    image_types: dict[str, CalibKind | Literal["light"]] = Field(
+        default_factory=dict, description="header image-type value -> bias / dark / flat / light, beside the "
+                                          "built-in aliases (stdd/calib/frametypes.py)")
+    image_type_keywords: list[str] = Field(
+        default_factory=list, description="header keywords holding the image type, tried first")
+    calibration: ProfileCalibration = Field(default_factory=ProfileCalibration)
     pipeline: dict[str, object] = Field(default_factory=dict, description="pipeline overrides")
 
     @field_validator("trim", "overscan")
     @classmethod
     def _section(cls, v):
-        if v is None:
+        if v is None or v == "header":
             return v
         import re
 
         if not re.fullmatch(r"\[\s*\d+\s*:\s*\d+\s*,\s*\d+\s*:\s*\d+\s*\]", v):
-            raise ValueError(f"expected a FITS section like [1:2048,1:2048], got {v!r}")
+            raise ValueError(f"expected a FITS section like [1:2048,1:2048] (or \"header\": BIASSEC/TRIMSEC), "
+                             f"got {v!r}")
         return v

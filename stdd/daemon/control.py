@@ -60,6 +60,8 @@ class Control:
             return {**out.frame, "duplicate": False}
         if out.kind == "duplicate":
             return {**out.frame, "duplicate": True}
+        if out.kind == "calibration":  # recorded with its type; it goes into a master, not the queue
+            return {**out.frame, "duplicate": False}
         raise SubmitError(f"{path}: {out.reason or out.kind}")
 
     async def cancel(self, frame_id: int, reason: str = "cancelled by request") -> dict:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..faults import fault_point
-from ..pipeline import STAGE_NAMES
+from ..pipeline import select_steps
 from ..pool import FrameJob
 from ..stages.base import StageSettings
 from .dbgate import database_problem
@@ -117,7 +117,7 @@ class Dispatcher:
         steps = frame.get("steps") or list(s.pipeline.steps)
         if frame.get("alert_ids") and not frame.get("steps"):
             # a frame covering a live alert is always searched, whatever the default steps
-            steps = list(STAGE_NAMES)
+            steps = select_steps(None)
         return FrameJob(
             frame_id=frame["id"], attempt=frame["attempts"], sha256=frame["sha256"],
             source=str(spool_path(d.spool, frame["sha256"], frame["name"])), origin=frame["path"],

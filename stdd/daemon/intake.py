@@ -27,6 +27,7 @@ import logging
 import os
 import shutil
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +51,7 @@ RETRY_MAX_SECONDS = 20.0
 
 @dataclass
 class Outcome:
-    kind: str  # queued | duplicate | known | rejected | incomplete | changed | gone | error
+    kind: str  # queued | calibration | duplicate | known | rejected | incomplete | changed | gone | error
     path: Path
     frame: dict | None = None
     reason: str | None = None
@@ -232,7 +233,7 @@ class Intake:
         self._after(item, out)
 
     def _after(self, item: Settled, out: Outcome) -> None:
-        if out.kind in ("queued", "duplicate", "known", "rejected"):
+        if out.kind in ("queued", "calibration", "duplicate", "known", "rejected"):
             self._retry_delay.pop(item.path, None)
             if out.stat is not None:
                 self._remember(item.path, out.stat)
@@ -240,6 +241,9 @@ class Intake:
             self.d.gate.note_success()
             self.taken += 1
             self.d.wake_dispatcher()
+        elif out.kind == "calibration":
+            self.d.gate.note_success()
+            self.taken += 1
         elif out.kind == "incomplete":
             with self._lock:
                 self.tracker.hold(item.path, out.stat, out.reason)
@@ -307,18 +311,58 @@ class Intake:
                 prio = max(prio, int(p2))
             except Exception as e:
                 log.warning("intake: %s: the region provider failed (%s); normal priority", path, e)
+            kind, imagetyp, group = self.frame_type(path, final)
+            if kind in ("bias", "dark", "flat"):
+                fault_point("intake.record")
+                frame, created = frames.add_calibration(str(path), sha, st0.size, st0.mtime, kind=kind,
+                                                        imagetyp=imagetyp, group=group)
+                if not created:
+                    return self._duplicate(path, st0, frame)
+                log.info("frame=%d calibration %s: a %s frame (%s); set: %s", frame["id"], path, kind, imagetyp,
+                         group)
+                return Outcome("calibration", path, frame, stat=st0)
             fault_point("intake.record")
-            frame, created = frames.add(str(path), sha, st0.size, st0.mtime, priority=prio, steps=steps)
+            frame, created = frames.add(str(path), sha, st0.size, st0.mtime, priority=prio, steps=steps,
+                                        kind=kind, imagetyp=imagetyp)
             if not created:  # the same content arrived twice at once: the other one won
                 return self._duplicate(path, st0, frame)
             for alert_id in alert_ids:
                 frames.set_priority(frame["id"], prio, alert_id)
+            self._hold_for_masters(frame)
             log.info("frame=%d queued %s (sha256 %s, %d bytes, version %d%s)", frame["id"], path, sha[:12],
                      st0.size, frame["version"], f", priority {prio}" if prio else "")
             return Outcome("queued", path, frame, stat=st0)
         finally:
             if tmp.exists():
                 tmp.unlink()
+
+    def frame_type(self, path: Path, copy: Path) -> tuple[str | None, str | None, str | None]:
+        """(kind, header image type, calibration set) of a frame, by its instrument profile
+        (stdd.calib.frametypes); (None, None, None) when the header says nothing usable."""
+        from ..calib.frametypes import read_info
+        from ..calib.grouping import group_label
+        from ..stages.profiles import choose, read_header
+
+        try:
+            choice = self.d.profiles.choice_for(path)
+            header = read_header(copy) if choice.fixed is None and choice.by_header else None
+            profile, _ = choose(choice, header)
+            info = read_info(copy, profile)
+        except Exception as e:  # an odd header: the frame goes on as science, the stages say what is wrong
+            log.warning("intake: %s: frame type not read (%s: %s); taken as a light frame", path,
+                        type(e).__name__, e)
+            return None, None, None
+        return info.kind, info.imagetyp, group_label(info, self._settings().calibration.temperature_band)
+
+    def _hold_for_masters(self, frame: dict) -> None:
+        """A light frame arriving while calibration frames wait for their masters waits for them
+        (at most calibration.hold_lights_minutes); the calibration job releases it."""
+        c = self._settings().calibration
+        if c.library is None or c.hold_lights_minutes <= 0 or not self.d.frames.pending_calibration():
+            return
+        self.d.frames.hold(frame["id"], time.time() + 60 * c.hold_lights_minutes)
+        log.info("frame=%d held: calibration frames wait for their masters (at most %g min)", frame["id"],
+                 c.hold_lights_minutes)
 
     def _duplicate(self, path: Path, st: FileStat, existing: dict) -> Outcome:
         if existing["state"] == "failed" and existing.get("attempts") == 0 and existing.get("work_dir") is None \

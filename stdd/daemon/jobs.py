@@ -296,3 +296,27 @@ def build_own_templates(folders: list[str], out_dir: str, min_frames: int, max_f
     built, skipped = build_all([Path(f) for f in folders], Path(out_dir), min_frames=min_frames,
                                max_frames=max_frames, max_fwhm_ratio=max_fwhm_ratio, log=lines.append)
     return {"built": [b.to_dict() for b in built], "skipped": skipped, "log": lines}
+
+
+def build_calibration(items: list[tuple[str, str]], settings_data: dict, config_file: str | None = None) -> dict:
+    """Run in a child process by the daemon's calibration job: masters from the calibration frames
+    `items` = [(spool copy, the path it arrived at)] into calibration.library. Each frame's profile
+    is chosen as for a light frame (folder of its arrival path, else its header, else the default).
+    Returns the build report (stdd.calib.build.build) as plain data."""
+    from ..calib.build import build
+    from ..config.settings import Settings
+    from ..stages.profiles import choose, load_profiles, read_header
+
+    settings = Settings.model_validate(settings_data)
+    if config_file:  # watch.profiles folders are relative to the config file
+        settings._source_file = Path(config_file)
+    profiles = load_profiles(settings)
+    pairs = []
+    for copy, origin in items:
+        choice = profiles.choice_for(origin)
+        header = read_header(Path(copy)) if choice.fixed is None and choice.by_header else None
+        pairs.append((Path(copy), choose(choice, header)[0]))
+    lines: list[str] = []
+    report = build(pairs, settings.calibration.library, settings.calibration, log=lines.append)
+    report["log"] = lines
+    return report

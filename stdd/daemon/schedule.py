@@ -1,5 +1,5 @@
 """Scheduled jobs: rescans, retry wake-ups, retention, the cache, the nightly summary, own
-templates, the status file and the systemd watchdog ping.
+templates, calibration masters, the status file and the systemd watchdog ping.
 
 Design note: APScheduler (3.x, on the daemon's event loop) fires the jobs; each job's work
 runs in a thread (disk, database) and every job is guarded: one that raises is logged and
@@ -30,10 +30,12 @@ class Scheduler:
         self.d = daemon
         self.aps = None
         self.last_ping: float | None = None
+        self._calib_warned = False
         self.funcs: dict[str, Callable[[], Awaitable]] = {
             "rescan": self.rescan, "retry": self.retry, "retention": self.retention, "summary": self.summary,
             "cache": self.cache, "status": self.status, "watchdog": self.watchdog,
-            "own_templates": self.own_templates,
+            "own_templates": self.own_templates, "calibration": self.calibration,
+            "calibration_daily": self.calibration_daily,
         }
 
     def start(self) -> None:
@@ -71,6 +73,12 @@ class Scheduler:
                                                        timezone="UTC")))
         elif replace and self.aps.get_job("own_templates"):
             self.aps.remove_job("own_templates")
+        c = s.calibration
+        jobs_.append(("calibration", IntervalTrigger(seconds=min(60.0, max(2.0, c.set_close_minutes * 60 / 4)))))
+        if c.build_hour_utc is not None:
+            jobs_.append(("calibration_daily", CronTrigger(hour=c.build_hour_utc, minute=15, timezone="UTC")))
+        elif replace and self.aps.get_job("calibration_daily"):
+            self.aps.remove_job("calibration_daily")
         if self.d.notifier.watchdog_seconds:
             jobs_.append(("watchdog", IntervalTrigger(seconds=max(0.2, self.d.notifier.watchdog_seconds / 3))))
         for job_id, trigger in jobs_:
@@ -150,6 +158,71 @@ class Scheduler:
             log.info("own templates: %s from %d frames", b["path"], len(b["frames"]))
         await d.record_event("templates.own", text, data={"built": out["built"], "skipped": out["skipped"][:50]})
         return out
+
+    async def calibration(self, force: bool = False):
+        """Masters from the calibration frames recorded by intake, once their set has closed (no
+        calibration frame for calibration.set_close_minutes), or all pending ones (`force`, the
+        daily job). The build runs in a child process; the frames are marked with their master
+        (or why none was built) and light frames held for the masters are released."""
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        from .intake import spool_path
+
+        d, s = self.d, self.d.settings
+        pending = await d.gate.run(d.frames.pending_calibration)
+        if not pending:
+            return None
+        c = s.calibration
+        if c.library is None:
+            if not self._calib_warned:
+                log.warning("calibration: %d calibration frame(s) recorded, but calibration.library is not set: "
+                            "no master is built", len(pending))
+                self._calib_warned = True
+            return None
+        newest = max(f["created_at"] for f in pending)
+        if not force and time.time() - newest < 60 * c.set_close_minutes:
+            return None
+        items = [(str(spool_path(d.spool, f["sha256"], f["name"])), f["path"]) for f in pending]
+        loop = asyncio.get_running_loop()
+        try:
+            with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as ex:
+                report = await loop.run_in_executor(ex, jobs.build_calibration, items, s.model_dump(mode="json"),
+                                                    str(s.source_file) if s.source_file else None)
+        except Exception as e:  # the child died or could not start: the frames stay pending for the next run
+            why = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+            log.error("calibration: the build failed: %s", why)
+            await d.record_event("calibration.masters", f"build failed: {why}", level="ERROR")
+            return {"error": why}
+        by_path = {copy: f["id"] for (copy, _), f in zip(items, pending)}
+        outcome: dict[str, list[int]] = {}
+        for m in report["masters"]:
+            for src in m.get("sources") or []:
+                outcome.setdefault(m["file"], []).append(by_path.get(src))
+            for lo in m.get("left_out") or []:
+                outcome.setdefault(f"left out of {m['file']}: {lo['reason']}", []).append(by_path.get(lo["file"]))
+        for fl in report["failed"]:
+            for src in fl["files"]:
+                outcome.setdefault(f"not built: {fl['reason']}", []).append(by_path.get(src))
+        for sk in report["skipped"]:
+            outcome.setdefault(f"skipped: {sk['reason']}", []).append(by_path.get(sk["file"]))
+        for text, ids in outcome.items():
+            ids = [i for i in ids if i is not None]
+            if ids:
+                await d.gate.write_until_done("calibration frames' master", d.frames.set_master, ids, text)
+        released = await d.gate.write_until_done("held frames", d.frames.release_held)
+        for line in report.get("log", []):
+            log.info("%s", line)
+        text = (f"{len(report['masters'])} master(s) from {len(pending)} calibration frame(s) in "
+                f"{report['seconds']:.1f} s; {len(report['failed'])} set(s) not built; {released} frame(s) released")
+        log.info("calibration: %s", text)
+        await d.record_event("calibration.masters", text, data={k: report[k] for k in ("masters", "failed", "skipped")},
+                             level="WARNING" if report["failed"] else "INFO")
+        d.wake_dispatcher()
+        return report
+
+    async def calibration_daily(self):
+        return await self.calibration(force=True)
 
     async def cache(self):
         s = self.d.settings

@@ -13,7 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..config.settings import CatalogSettings, InstrumentProfile, PipelineSettings, TemplateSettings
+from ..config.settings import (CalibrationSettings, CatalogSettings, InstrumentProfile, PipelineSettings,
+                               TemplateSettings)
 
 
 class StageError(Exception):
@@ -64,6 +65,7 @@ class StageSettings(BaseModel):
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
     catalog: CatalogSettings = Field(default_factory=CatalogSettings)
     template: TemplateSettings = Field(default_factory=TemplateSettings)
+    calibration: CalibrationSettings = Field(default_factory=CalibrationSettings)
     instrument: InstrumentProfile | None = None
     instrument_source: ProfileSource | None = None
     profile_choice: ProfileChoice | None = None
@@ -88,6 +90,7 @@ class StageSettings(BaseModel):
             for prof in profiles.candidates():
                 merge_profile_pipeline(pipeline, prof, profiles.overrides)
         return cls(pipeline=pipeline, catalog=settings.catalog, template=settings.template,
+                   calibration=settings.calibration,
                    instrument=instrument, instrument_source="explicit" if instrument is not None else None,
                    profile_choice=profiles, offline=settings.offline, cache_dir=settings.paths.cache,
                    regions=regions or [])

@@ -29,13 +29,14 @@ from . import filters
 from .base import StageError, StageSettings
 from .header import (FrameError, exposure_time, fix_header, linearize_ps1, load_first_image, number,
                      observation_start, parse_section, pointing_hint, GAIN_KEYWORDS)
-from .products import guarded, StageRun, finite_or_none, write_fits, write_json
+from .products import guarded, StageRun, finite_or_none, read_json, write_fits, write_json
 
 STAGE = "inspect"
 
 MASK_BITS = {"nonfinite": 1, "saturated": 2, "bad_pixel": 4, "cosmic": 8, "outside_datasec": 16}
 
 MAX_PIXSCALE_ARCSEC = 100.0
+CALIBRATED_STATE = "calibrate.json"  # written by the calibrate stage (stages/calibrate.py)
 SATURATION_KEYWORDS = ("SATURATE", "SATURATION", "SATLEVEL", "MAXLIN")
 
 
@@ -53,7 +54,8 @@ def run(folder: Path, settings: StageSettings):
 def _inspect(run: StageRun, settings: StageSettings):
     p = settings.pipeline
     prof = settings.instrument
-    src = find_original(run.folder)
+    calibrated = read_json(run.folder / CALIBRATED_STATE)  # the calibrate stage ran: its frame is the input
+    src = run.folder / calibrated["image"] if calibrated else find_original(run.folder)
     run.log(f"reading {src.name} ({src.stat().st_size} bytes)")
     profile_source = settings.instrument_source or ("explicit" if prof is not None else "none")
     run.log(f"instrument profile: {prof.name if prof else 'none'} ({profile_source})")
@@ -64,7 +66,9 @@ def _inspect(run: StageRun, settings: StageSettings):
     for n in notes:
         run.note(n)
 
-    if prof is not None:
+    if calibrated:
+        run.log("the calibrate stage's frame: overscan and trim done there")
+    elif prof is not None:
         image, header = _apply_profile_geometry(run, image, header, prof)
     image, lin = linearize_ps1(image, header)
     if lin:
@@ -115,9 +119,18 @@ def _inspect(run: StageRun, settings: StageSettings):
     mask = np.zeros(image.shape, dtype=np.uint8)
     mask[~finite] |= MASK_BITS["nonfinite"]
     med = float(np.nanmedian(image))
-    sat, sat_source = _saturation(run, image, header, p, prof, med)
+    if calibrated and calibrated.get("saturation") and not p.saturation:
+        # the profile's saturation is the raw frame's; calibrate flagged raw-saturated pixels itself
+        sat, sat_source = float(calibrated["saturation"]), "calibrate: the raw saturation after bias, dark and flat"
+    else:
+        sat, sat_source = _saturation(run, image, header, p, prof, med)
     if sat is not None:
         mask[finite & (image >= sat)] |= MASK_BITS["saturated"]
+    if calibrated and calibrated.get("mask"):
+        cmask = fits.getdata(run.folder / calibrated["mask"]).astype(np.uint8)
+        mask |= cmask & np.uint8(MASK_BITS["saturated"] | MASK_BITS["bad_pixel"])
+        run.log(f"calibrate's mask: {int(np.count_nonzero(cmask & MASK_BITS['saturated']))} saturated, "
+                f"{int(np.count_nonzero(cmask & MASK_BITS['bad_pixel']))} bad pixels")
     if prof is not None and prof.bad_pixel_mask is not None:
         bpm = _read_bpm(prof.bad_pixel_mask, image.shape)
         mask[bpm] |= MASK_BITS["bad_pixel"]
@@ -204,31 +217,21 @@ def _inspect(run: StageRun, settings: StageSettings):
 # ---------------------------------------------------------------- pieces
 
 def _apply_profile_geometry(run, image, header, prof):
-    if prof.overscan:
-        x1, x2, y1, y2 = parse_section(prof.overscan)
-        region = image[y1:y2 + 1, x1:x2 + 1]
-        if region.size == 0:
-            raise StageError(f"{STAGE}: the profile's overscan {prof.overscan} is outside the "
-                             f"{image.shape[1]}x{image.shape[0]} image")
-        # one bias value per row when the overscan is a column strip, else one for the frame
-        if region.shape[0] == image.shape[0]:
-            bias = np.nanmedian(region, axis=1)[:, None]
-        else:
-            bias = np.nanmedian(region)
-        image = image - bias
-        run.note(f"overscan {prof.overscan} subtracted (median {float(np.nanmedian(bias)):.1f} ADU)")
-    if prof.trim:
-        x1, x2, y1, y2 = parse_section(prof.trim)
-        if x2 >= image.shape[1] or y2 >= image.shape[0]:
-            raise StageError(f"{STAGE}: the profile's trim section {prof.trim} is outside the "
-                             f"{image.shape[1]}x{image.shape[0]} image")
-        image = image[y1:y2 + 1, x1:x2 + 1]
-        if "CRPIX1" in header:
-            header["CRPIX1"] = float(header["CRPIX1"]) - x1
-            header["CRPIX2"] = float(header["CRPIX2"]) - y1
-        for kw in ("TRIMSEC", "DATASEC", "BIASSEC"):
-            header.remove(kw, ignore_missing=True)
-        run.note(f"trimmed to {prof.trim}")
+    """The profile's overscan and trim (stdd.calib.geometry), when no calibrate stage did them."""
+    from ..calib import geometry
+
+    if not prof.overscan and not prof.trim:
+        return image, header
+    try:
+        overscan, trim, notes = geometry.sections(prof, header, image.shape)
+    except geometry.GeometryError as e:
+        raise StageError(f"{STAGE}: {e}") from None
+    image, level = geometry.apply(image, overscan, trim)
+    if level is not None:
+        run.note(f"overscan subtracted: {notes[0]}, median {level:.1f} ADU")
+    if trim is not None:
+        geometry.shift_header(header, trim)
+        run.note(f"trimmed to {notes[-1]}")
     return image, header
 
 

@@ -23,10 +23,11 @@ import numpy as np
 
 from .base import StageResult, StageSettings
 
-STAGES = ("inspect", "photometry", "transients", "subtraction")
+STAGES = ("calibrate", "inspect", "photometry", "transients", "subtraction")
 
 #: files (globs, relative to the frame folder) each stage owns
 OWNED: dict[str, tuple[str, ...]] = {
+    "calibrate": ("calibrated.fits", "calibrated_err.fits", "calibrated_mask.fits", "calibrate.json"),
     "inspect": ("image.fits", "mask.fits", "inspect.json", "image_target.fits", "plots/inspect_*"),
     "photometry": ("objects.fits", "catalog.fits", "image.wcs", "zeropoint.json", "photometry.json",
                    "targets.ecsv", "objects.reg", "plots/photometry_*", "astrometry_index/*"),
@@ -39,6 +40,7 @@ OWNED: dict[str, tuple[str, ...]] = {
 
 #: result.json keys each stage sets (a re-run of an earlier stage resets the later ones to null)
 KEYS: dict[str, tuple[str, ...]] = {
+    "calibrate": ("calibration", "image_type"),
     "inspect": ("filter", "filter_source", "exptime", "time_start", "time_mid", "time_source", "gain",
                 "gain_source", "saturation", "saturation_source", "width", "height", "ra", "dec",
                 "radius_deg", "footprint", "pixscale_arcsec", "wcs_initial", "masked_fraction",

@@ -194,3 +194,12 @@ def _load_checked(settings, path: Path) -> InstrumentProfile:
 def _norm(path: str | os.PathLike) -> Path:
     return Path(os.path.normpath(os.path.abspath(path)))
 
+
+
+def profile_for_file(profiles: ProfileSet, path: str | os.PathLike,
+                     explicit: InstrumentProfile | None = None) -> tuple[InstrumentProfile | None, ProfileSource]:
+    """A file's profile outside a frame's chain (`stdd calib build`, the daemon's calibration
+    job): the same precedence, its header read here when a header match is needed."""
+    choice = profiles.choice_for(path, explicit)
+    header = read_header(Path(path)) if choice.fixed is None and choice.by_header else None
+    return choose(choice, header)

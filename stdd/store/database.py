@@ -130,8 +130,18 @@ def _v2(db: "sqlite_utils.Database") -> None:
     conn.execute("CREATE INDEX idx_actions_state ON actions (state)")
 
 
+def _v3(db: "sqlite_utils.Database") -> None:
+    """Calibration frames (issue 16): a frame's type from its header (`kind`: light, bias, dark,
+    flat; `imagetyp`: the header value), the set it belongs to (`calib_group`) and what became of
+    it (`master`: the master file it went into, or why none was built)."""
+    for column in ("kind", "imagetyp", "calib_group", "master"):
+        if column not in db["frames"].columns_dict:
+            db["frames"].add_column(column, str)
+    db["frames"].create_index(["state", "master"], if_not_exists=True)
+
+
 #: Forward migrations, in order. Append; never edit a released one.
-MIGRATIONS: list[Callable[["sqlite_utils.Database"], None]] = [_v1, _v2]
+MIGRATIONS: list[Callable[["sqlite_utils.Database"], None]] = [_v1, _v2, _v3]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -12,8 +12,10 @@ from typing import Any, Iterable
 
 from .database import Database
 
-STATES = ("queued", "running", "done", "failed", "cancelled")
+STATES = ("queued", "running", "done", "failed", "cancelled", "calibration")
 TERMINAL = ("done", "failed", "cancelled")
+#: the reason a light frame waits in the queue while calibration frames wait for their masters
+HOLD_FOR_MASTERS = "waiting for the calibration masters being built"
 
 #: result.json keys copied into the frames table for queries and the nightly summary
 RESULT_COLUMNS = (
@@ -60,12 +62,48 @@ class FrameStore:
 
     # -- recording ----------------------------------------------------------------------
     def add(self, path: str, sha256: str, size: int, mtime: float | None = None, *,
-            priority: int = 0, steps: list[str] | None = None, options: dict | None = None) -> tuple[dict, bool]:
-        """Record a frame as queued. Returns (row, created); identical content is never added twice."""
+            priority: int = 0, steps: list[str] | None = None, options: dict | None = None,
+            kind: str | None = None, imagetyp: str | None = None) -> tuple[dict, bool]:
+        """Record a frame as queued (`kind`, `imagetyp`: its type from the header, when known).
+        Returns (row, created); identical content is never added twice."""
         return self._insert(path, sha256, size, mtime, {
-            "state": "queued", "priority": priority,
+            "state": "queued", "priority": priority, "kind": kind, "imagetyp": imagetyp,
             "steps": json.dumps(steps) if steps else None, "options": json.dumps(options) if options else None,
         }, "frame.queued", f"queued {path}", "INFO")
+
+    def add_calibration(self, path: str, sha256: str, size: int, mtime: float | None, *, kind: str,
+                        imagetyp: str | None, group: str) -> tuple[dict, bool]:
+        """Record a calibration frame (bias, dark, flat): never queued as science; it waits, in state
+        `calibration` with no `master`, until its set is built into a master."""
+        return self._insert(path, sha256, size, mtime, {
+            "state": "calibration", "priority": 0, "kind": kind, "imagetyp": imagetyp, "calib_group": group,
+            "queued_at": None,
+        }, "frame.calibration", f"{path}: a {kind} frame ({imagetyp})", "INFO")
+
+    def pending_calibration(self) -> list[dict]:
+        """Calibration frames not yet built into a master, oldest first."""
+        return [_decode(r) for r in self.db.query(
+            "SELECT * FROM frames WHERE state = 'calibration' AND master IS NULL ORDER BY id")]
+
+    def set_master(self, frame_ids: list[int], master: str) -> None:
+        """What became of calibration frames: the master file, or why none was built."""
+        now = _now()
+        with self.db.write() as conn:
+            conn.executemany("UPDATE frames SET master = ?, updated_at = ?, finished_at = ? WHERE id = ?",
+                             [(master, now, now, fid) for fid in frame_ids])
+
+    def hold(self, frame_id: int, until: float, reason: str = HOLD_FOR_MASTERS) -> None:
+        """Keep a queued frame from being claimed before `until` (released earlier by `release_held`)."""
+        with self.db.write() as conn:
+            conn.execute("UPDATE frames SET next_attempt_at = ?, error = ?, updated_at = ? WHERE id = ? AND "
+                         "state = 'queued'", (until, reason, _now(), frame_id))
+            self._event(conn, "frame.held", frame_id, reason, {"until": until})
+
+    def release_held(self, reason: str = HOLD_FOR_MASTERS) -> int:
+        """Queued frames held for `reason` may be claimed now. Returns how many."""
+        with self.db.write() as conn:
+            return conn.execute("UPDATE frames SET next_attempt_at = NULL, error = NULL, updated_at = ? WHERE "
+                                "state = 'queued' AND error = ?", (_now(), reason)).rowcount
 
     def _insert(self, path: str, sha256: str, size: int, mtime: float | None, columns: dict,
                 event: str, message: str, level: str) -> tuple[dict, bool]:
