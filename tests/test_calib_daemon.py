@@ -66,6 +66,9 @@ def test_raw_night_through_the_daemon(tmp_path):
         assert {f["imagetyp"] for f in cal} == {"Bias Frame", "Dark Frame", "Flat Field"}
         assert all(f["master"].startswith(f["kind"] + "-") for f in cal), [f["master"] for f in cal]
         assert all(f["attempts"] == 0 and f["result_dir"] is None for f in cal)  # never run as science
+        spool = tmp_path / "var" / "spool"
+        d.wait(lambda: not any(list(spool.glob(f"{f['sha256']}.*")) for f in cal), 10,
+               "the calibration frames' spool copies to go once their masters are recorded")
         lights = [f for f in frames if f["kind"] == "light"]
         assert len(lights) == 2 and all(f["state"] == "done" for f in lights), [f["error"] for f in lights]
         library = tmp_path / "var" / "calib"

@@ -53,6 +53,20 @@ def clean_work(frames: FrameStore, work: Path, spool: Path, days: float, now: fl
     return {"removed": removed}
 
 
+def remove_files(paths: list[str]) -> int:
+    """Remove these files (spool copies no longer needed); missing ones are not an error."""
+    n = 0
+    for p in paths:
+        try:
+            Path(p).unlink()
+            n += 1
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            log.warning("cannot remove %s: %s", p, e)
+    return n
+
+
 def prune_cache(cache: Path, days: float, now: float | None = None) -> dict:
     """Delete cache files not used (accessed or modified) for `days`; 0 keeps everything."""
     if days <= 0 or not cache.is_dir():

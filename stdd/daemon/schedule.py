@@ -206,10 +206,16 @@ class Scheduler:
                 outcome.setdefault(f"not built: {fl['reason']}", []).append(by_path.get(src))
         for sk in report["skipped"]:
             outcome.setdefault(f"skipped: {sk['reason']}", []).append(by_path.get(sk["file"]))
+        marked: set[int] = set()
         for text, ids in outcome.items():
             ids = [i for i in ids if i is not None]
             if ids:
                 await d.gate.write_until_done("calibration frames' master", d.frames.set_master, ids, text)
+                marked.update(ids)
+        # a frame marked with its outcome is never built from again: its spool copy goes (once
+        # the mark is on disk), or a season of calibration frames would fill var/spool
+        done = [copy for (copy, _), f in zip(items, pending) if f["id"] in marked]
+        await asyncio.to_thread(jobs.remove_files, done)
         released = await d.gate.write_until_done("held frames", d.frames.release_held)
         for line in report.get("log", []):
             log.info("%s", line)
