@@ -128,6 +128,22 @@ class KafkaBroker:
                          "linger.ms": 0, **config})
 
 
+def broker_or_skip(data_dir: Path, *topics: str, **topic_config) -> "KafkaBroker":
+    """A started local broker with these topics, or the calling test skipped with the reason
+    (no noida-db, or a broker that cannot start here). The caller stops it."""
+    import pytest
+
+    if broker_binary() is None:
+        pytest.skip("noida-db (the local Kafka broker) is not installed")
+    broker = KafkaBroker(data_dir)
+    try:
+        broker.start()
+    except BrokerError as e:
+        pytest.skip(f"local Kafka broker cannot start here: {e}")
+    broker.create_topics(*topics, **topic_config)
+    return broker
+
+
 @contextlib.contextmanager
 def kafka_broker(data_dir: Path):
     broker = KafkaBroker(data_dir).start()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from daemon_harness import DaemonProcess, config_text
-from kafka_broker import BrokerError, KafkaBroker, broker_binary, produce
+from kafka_broker import broker_or_skip, produce
 
 from stdd.faults import FAULT_EXIT_CODE
 from stdd.store import Database
@@ -152,14 +152,7 @@ def test_daemon_killed_at_a_fault_point_acts_once(tmp_path, shared_data, point):
 
 @pytest.fixture
 def broker(tmp_path):
-    if broker_binary() is None:
-        pytest.skip("noida-db (the local Kafka broker) is not installed")
-    b = KafkaBroker(tmp_path / "kafka")
-    try:
-        b.start()
-    except BrokerError as e:
-        pytest.skip(f"local Kafka broker cannot start here: {e}")
-    b.create_topics(TOPIC)
+    b = broker_or_skip(tmp_path / "kafka", TOPIC)
     yield b
     b.stop()
 

@@ -8,7 +8,7 @@ import asyncio
 import time
 
 import pytest
-from kafka_broker import BrokerError, KafkaBroker, broker_binary, free_port, produce
+from kafka_broker import broker_or_skip, free_port, produce
 
 from stdd import faults
 from stdd.alerts import AlertService, KafkaIntake
@@ -95,14 +95,7 @@ def test_unreachable_broker_is_not_ok_but_not_stalled(tmp_path):
 
 @pytest.fixture
 def broker(tmp_path):
-    if broker_binary() is None:
-        pytest.skip("noida-db (the local Kafka broker) is not installed")
-    b = KafkaBroker(tmp_path / "kafka")
-    try:
-        b.start()
-    except BrokerError as e:
-        pytest.skip(f"local Kafka broker cannot start here: {e}")
-    b.create_topics(TOPIC)
+    b = broker_or_skip(tmp_path / "kafka", TOPIC)
     yield b
     b.stop()
 

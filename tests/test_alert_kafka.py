@@ -6,7 +6,7 @@ import time
 
 import pytest
 from alert_skymap import make_gwalert
-from kafka_broker import BrokerError, KafkaBroker, broker_binary, produce
+from kafka_broker import broker_binary, broker_or_skip, produce
 
 from stdd.alerts import AlertService, KafkaIntake
 from stdd.alerts.latency import measure_latency, swift_voevent
@@ -34,12 +34,7 @@ def wait_for(predicate, timeout=30.0, what="condition"):
 
 @pytest.fixture
 def broker(tmp_path):
-    b = KafkaBroker(tmp_path / "kafka")
-    try:
-        b.start()
-    except BrokerError as e:
-        pytest.skip(f"local Kafka broker cannot start here: {e}")
-    b.create_topics(*TOPICS, max_message_bytes=8 * 1024 * 1024)
+    b = broker_or_skip(tmp_path / "kafka", *TOPICS, max_message_bytes=8 * 1024 * 1024)
     yield b
     b.stop()
 

@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 
 from http_env import AlertServiceBeside, make_settings, running_daemon, wait_for
-from kafka_broker import BrokerError, KafkaBroker, broker_binary, produce
+from kafka_broker import broker_binary, broker_or_skip, produce
 
 BAT = "gcn.classic.voevent.SWIFT_BAT_GRB_POS_ACK"
 HB = "gcn.heartbeat"
@@ -19,12 +19,7 @@ pytestmark = pytest.mark.skipif(broker_binary() is None, reason="noida-db (the l
 
 @pytest.fixture
 def broker(tmp_path):
-    b = KafkaBroker(tmp_path / "kafka")
-    try:
-        b.start()
-    except BrokerError as e:
-        pytest.skip(f"local Kafka broker cannot start here: {e}")
-    b.create_topics(BAT, HB)
+    b = broker_or_skip(tmp_path / "kafka", BAT, HB)
     yield b
     b.stop()
 

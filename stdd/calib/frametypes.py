@@ -14,6 +14,8 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..stages.header import number
+
 KINDS = ("bias", "dark", "flat", "light")
 CALIBRATION_KINDS = ("bias", "dark", "flat")
 
@@ -96,18 +98,6 @@ def kind_of(header, profile=None) -> tuple[str, str | None, str | None, str | No
     return "light", None, None, None
 
 
-def _first_number(header, keys) -> float | None:
-    for k in keys:
-        if k in header:
-            try:
-                v = float(header[k])
-            except (TypeError, ValueError):
-                continue
-            if v == v:
-                return v
-    return None
-
-
 def binning_of(header, extra: list[str] = ()) -> str:
     """"XxY" from XBINNING/YBINNING, CCDXBIN/..., CCDSUM '2 2', BINNING '2x2'; "1x1" when absent."""
     for key in extra:
@@ -119,8 +109,8 @@ def binning_of(header, extra: list[str] = ()) -> str:
                 return f"{int(m[0])}x{int(m[0])}"
     for kx, ky in BINNING_KEYWORDS:
         if kx in header:
-            x = _first_number(header, [kx])
-            y = _first_number(header, [ky]) if ky in header else x
+            x = number(header, [kx])[0]
+            y = number(header, [ky])[0] if ky in header else x
             if x and y:
                 return f"{int(x)}x{int(y)}"
     for key in BINNING_TEXT_KEYWORDS:
@@ -139,7 +129,7 @@ def readout_of(header, extra: list[str] = ()) -> str | None:
 
 
 def temperature_of(header, extra: list[str] = ()) -> float | None:
-    return _first_number(header, (*extra, *TEMPERATURE_KEYWORDS))
+    return number(header, (*extra, *TEMPERATURE_KEYWORDS))[0]
 
 
 def band_of(header, profile=None) -> str | None:
