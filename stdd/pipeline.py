@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from .faults import fault_point
+from .result_versions import keep_version
 from .stages import background, threads as frame_threads
 from .stages.base import StageError, StageResult, StageSettings
 
@@ -141,8 +142,38 @@ def run_chain(folder: Path, settings: StageSettings, steps: Iterable[str] | None
             res.notes.extend(done.problems)
             background.append_log(folder, done.stage, done.problems)
     merged = merge_results(previous, names, results)
+    record_settings(merged, previous, settings, names)
     write_json_atomic(folder / RESULT_FILE, merged)
     return merged
+
+
+def effective_settings(settings: StageSettings) -> dict:
+    """What a result records of the settings it was made with: enough to make it again (the
+    pipeline, catalogue, template and calibration sections after the instrument profile and the
+    frame's own options, the profile's name, the regions searched, and those options as given)."""
+    return {
+        "pipeline": settings.pipeline.model_dump(mode="json"),
+        "catalog": settings.catalog.model_dump(mode="json"),
+        "template": settings.template.model_dump(mode="json"),
+        "calibration": settings.calibration.model_dump(mode="json"),
+        "offline": settings.offline,
+        "instrument_profile": settings.instrument.name if settings.instrument else None,
+        "instrument_profile_source": settings.instrument_source,
+        "regions": [r.model_dump(mode="json") for r in settings.regions],
+        "frame_options": dict(settings.frame_options),
+    }
+
+
+def record_settings(merged: dict, previous: dict, settings: StageSettings, ran: list[str]) -> None:
+    """Put `settings` (this run's) into a result, with `kept_stages`: the earlier stages whose
+    results a rerun kept (not in `ran`), and `kept_settings`: the settings those stages ran with."""
+    kept = [n for n in (merged.get("stages") or {}) if n not in ran]
+    merged["settings"] = effective_settings(settings)
+    merged["kept_stages"] = kept
+    merged.pop("kept_settings", None)
+    if kept:
+        earlier = previous.get("kept_settings") if set(kept) <= set(previous.get("kept_stages") or []) else None
+        merged["kept_settings"] = earlier or previous.get("settings")
 
 
 def run_stage(name: str, folder: Path, settings: StageSettings, function: str | None = None) -> StageResult:
@@ -236,6 +267,10 @@ def publish(folder: Path | None, result_dir: Path, extra: dict | None = None) ->
         result.update(extra)
     parent, name = result_dir.parent, result_dir.name
     parent.mkdir(parents=True, exist_ok=True)
+    # the result being replaced is kept as a version (stdd.result_versions), never overwritten
+    kept_run = keep_version(result_dir) if result_dir.exists() else None
+    result["run"] = kept_run + 1 if kept_run else 1
+    result["published_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     tmp = parent / publish_temp_name("tmp", name)
     tmp.mkdir()
     try:

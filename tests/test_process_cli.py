@@ -45,7 +45,9 @@ def test_process_one_file_json(small_field):
     assert Table.read(folder / on_disk["objects_table"])["mag_calib"].size > 50
     for log in ("inspect.log", "photometry.log", "transients.log", "subtraction.log"):
         assert (folder / log).is_file()
-    assert not (out / ".work").exists()
+    assert (out / ".work" / "frame" / "image.fits").is_file()  # kept: a rerun --from starts from it
+    assert res["run"] == 1 and res["kept_stages"] == []
+    assert res["settings"]["catalog"]["files"] == [str(fp.catalog.resolve())]
     assert len(res["candidates_sub"]) >= 1 and len(res["candidates_simple"]) >= 1
     assert "Traceback" not in r.stderr
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -81,6 +82,23 @@ def _call(client, method: str, path: str, body=None, **params):
         if isinstance(e.body, dict) and e.body.get("errors"):
             extra = "".join(f"\n  {line}" for line in e.body["errors"])
         fail(f"{e.message} (HTTP {e.status}){extra}")
+
+
+def _frame_options(settings, overrides, targets, profile) -> dict:
+    """-c / --target / --profile as the daemon takes them; a bad key or value exits 2 naming it
+    (checked here against the local config, and again by the daemon against its own)."""
+    from .process_cmd import frame_options_or_exit, split_overrides
+
+    raw, other = split_overrides(overrides, targets=targets)
+    if other:
+        key = next(iter(other))
+        click.echo(f"config error: -c {key}: is not a per-frame setting (a frame may set pipeline, catalog and "
+                   f"template keys)", err=True)
+        sys.exit(EXIT_USAGE)
+    options = frame_options_or_exit(raw, settings)
+    if profile:
+        options["profile"] = profile
+    return options
 
 
 def _status_from_http(client) -> dict | None:
@@ -202,16 +220,27 @@ def register(cli: click.Group) -> None:
     @click.argument("path", type=click.Path(dir_okay=False))
     @click.option("--priority", type=int, default=0, show_default=True, help="Higher runs first.")
     @click.option("--steps", help="Comma-separated stages to run (default: the configured steps).")
+    @click.option("-c", "--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                  help="The frame's own setting (a bare key is a [pipeline] key; catalog.* and template.* too), "
+                       "e.g. -c sn=3 -c template.survey=ps1. Recorded in its result.json.")
+    @click.option("--target", "targets", multiple=True,
+                  help="A target: a name, 'RA Dec' or 'x= y=' pixels; repeatable (sets pipeline.targets).")
+    @click.option("--profile", help="Instrument profile for this frame (a name in instruments_dir).")
     @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
     @click.pass_context
-    def submit(ctx: click.Context, path: str, priority: int, steps: str | None, as_json: bool) -> None:
-        """Queue the FITS file PATH (it must lie under one of the incoming folders)."""
+    def submit(ctx: click.Context, path: str, priority: int, steps: str | None, overrides, targets, profile,
+               as_json: bool) -> None:
+        """Queue the FITS file PATH (it must lie under one of the incoming folders), maybe with its
+        own settings. A file already recorded is queued again with the settings given."""
         settings = get_settings(ctx)
         body: dict = {"path": str(Path(path).absolute())}
         if priority:
             body["priority"] = priority
         if steps:
             body["steps"] = [x.strip() for x in steps.split(",") if x.strip()]
+        options = _frame_options(settings, overrides, targets, profile)
+        if options:
+            body["options"] = options
         out = _call(_client(settings), "POST", "/frames", body)
         if as_json:
             echo_json(out)
@@ -219,6 +248,8 @@ def register(cli: click.Group) -> None:
         f = out["frame"]
         if out["created"]:
             click.echo(f"queued frame {f['id']}: {f['path']}")
+        elif options and f["state"] == "queued":
+            click.echo(f"already known as frame {f['id']}: queued again with these settings: {f['path']}")
         else:
             click.echo(f"already known as frame {f['id']} ({f['state']}): {f['path']}")
 
@@ -238,12 +269,21 @@ def register(cli: click.Group) -> None:
     @click.argument("frame_id", type=int)
     @click.option("--from", "from_stage", type=click.Choice(list(STAGE_NAMES)),
                   help="Start from this stage (earlier stages' products are kept).")
+    @click.option("-c", "--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                  help="Change one of the frame's settings for this run (merged over its earlier ones).")
+    @click.option("--target", "targets", multiple=True, help="Targets for this run (sets pipeline.targets).")
     @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
     @click.pass_context
-    def retry(ctx: click.Context, frame_id: int, from_stage: str | None, as_json: bool) -> None:
-        """Queue the finished frame FRAME_ID again."""
-        out = _call(_client(get_settings(ctx)), "POST", f"/frames/{frame_id}/retry",
-                    {"from_stage": from_stage} if from_stage else None)
+    def retry(ctx: click.Context, frame_id: int, from_stage: str | None, overrides, targets, as_json: bool) -> None:
+        """Queue the finished frame FRAME_ID again (its previous result is kept as a version)."""
+        settings = get_settings(ctx)
+        body: dict = {}
+        if from_stage:
+            body["from_stage"] = from_stage
+        options = _frame_options(settings, overrides, targets, None)
+        if options:
+            body["options"] = options
+        out = _call(_client(settings), "POST", f"/frames/{frame_id}/retry", body or None)
         if as_json:
             echo_json(out)
             return

@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..config import ConfigError, Settings, load_settings
+from ..config.frame_options import FrameOptionError, merge, normalize, validate
 from ..pipeline import ORIGINAL_PREFIX, STAGE_NAMES, select_steps
-from ..stages.profiles import load_profiles
+from ..stages.profiles import load_profile, load_profiles
 from ..store import TERMINAL
 from ..watch.files import file_stat
 from ..watch.fitscheck import check_fits
@@ -37,11 +38,15 @@ class Control:
     def __init__(self, daemon: "Daemon"):
         self.d = daemon
 
-    async def submit(self, path: str | os.PathLike, steps: list[str] | None = None, priority: int = 0) -> dict:
-        """Queue a file given by path (anywhere readable; it must be a whole FITS file now).
-        Returns the frame row; identical content already recorded returns that frame, with
-        `duplicate: true`. Raises SubmitError with the reason otherwise."""
+    async def submit(self, path: str | os.PathLike, steps: list[str] | None = None, priority: int = 0,
+                     options: dict | None = None) -> dict:
+        """Queue a file given by path (anywhere readable; it must be a whole FITS file now), with
+        its own settings `options` (stdd.config.frame_options: `-c` keys, `profile`). Returns the
+        frame row; identical content already recorded returns that frame, with `duplicate: true`
+        — and, when options are given, that frame queued again with them (its previous result
+        kept as a version). Raises SubmitError with the reason otherwise (a bad option named)."""
         path = Path(path).absolute()
+        options = self.frame_options(options)
         st = await asyncio.to_thread(file_stat, path)
         if st is None:
             raise SubmitError(f"{path}: no such file")
@@ -54,11 +59,14 @@ class Control:
         if not check.ok:
             raise SubmitError(f"{path}: {check.reason}")
         out = await asyncio.to_thread(self.d.intake.examine, Settled(path, st), steps=steps, priority=priority,
-                                      force=True)
+                                      force=True, options=options or None)
         if out.kind == "queued":
             self.d.wake_dispatcher()
             return {**out.frame, "duplicate": False}
         if out.kind == "duplicate":
+            if options and out.frame.get("kind") not in ("bias", "dark", "flat"):
+                frame = await self._requeue_with(out.frame, options, steps)
+                return {**frame, "duplicate": True}
             return {**out.frame, "duplicate": True}
         if out.kind == "calibration":  # recorded with its type; it goes into a master, not the queue
             return {**out.frame, "duplicate": False}
@@ -76,15 +84,53 @@ class Control:
             return {"frame_id": frame_id, "state": "cancelling"}
         return {"frame_id": frame_id, "state": (await self.d.gate.run(self.d.frames.get, frame_id))["state"]}
 
-    async def retry(self, frame_id: int, from_stage: str | None = None) -> dict:
+    def frame_options(self, options: dict | None) -> dict:
+        """Per-frame options checked against the running settings; SubmitError names a bad key."""
+        if not options:
+            return {}
+        try:
+            options = normalize(options, self.d.settings)
+            if options.get("profile"):
+                load_profile(self.d.settings, options["profile"], "profile")
+        except FrameOptionError as e:
+            raise SubmitError(f"option {e}") from None
+        except ConfigError as e:
+            raise SubmitError("; ".join(e.errors)) from None
+        return options
+
+    async def _requeue_with(self, frame: dict, options: dict, steps: list[str] | None) -> dict:
+        """A file submitted again with its own settings: queued again with them when it is
+        finished (a rerun from the start), or its options replaced while it still waits."""
+        if frame["state"] in TERMINAL:
+            return await self.retry(frame["id"], options=options, replace_options=True)
+        if frame["state"] == "queued":
+            def tx():
+                with self.d.db.write():
+                    self.d.frames.set_options(frame["id"], options)
+                    return self.d.frames.get(frame["id"])
+            return await self.d.gate.run(tx)
+        raise SubmitError(f"frame {frame['id']} (the same file) is {frame['state']}; retry it with its new "
+                          f"settings when it has finished (stdd retry {frame['id']} -c ...)")
+
+    async def retry(self, frame_id: int, from_stage: str | None = None, options: dict | None = None,
+                    replace_options: bool = False) -> dict:
         """Queue a finished frame again, with a fresh attempt count. From a stage: earlier
-        stages' products in its work folder are kept (when the folder is still there)."""
+        stages' products in its work folder are kept (when the folder is still there). `options`
+        (the frame's own settings, `-c`) are merged over the frame's earlier ones (replace them
+        with `replace_options`); the previous result is kept as a version when it is replaced."""
         frame = await self._frame_or_raise(frame_id)
         if frame["state"] not in TERMINAL:
             raise SubmitError(f"frame {frame_id} is {frame['state']}, not finished")
+        new = self.frame_options(options)
         steps = None
         options = dict(frame.get("options") or {})
         options.pop("keep_folder", None)
+        options = new if replace_options else merge(options, new)
+        if new:
+            try:
+                validate(options, self.d.settings)
+            except FrameOptionError as e:
+                raise SubmitError(f"option {e} (with the frame's earlier options)") from None
         if from_stage:
             if from_stage not in STAGE_NAMES:
                 raise SubmitError(f"unknown stage {from_stage!r}; stages are {', '.join(STAGE_NAMES)}")

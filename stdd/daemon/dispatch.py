@@ -19,6 +19,7 @@ from ..faults import fault_point
 from ..pipeline import select_steps
 from ..pool import FrameJob
 from ..stages.base import StageSettings
+from ..stages.profiles import load_profile
 from .dbgate import database_problem
 from .intake import frame_extra, result_dir_for, spool_path
 
@@ -108,9 +109,12 @@ class Dispatcher:
             log.warning("region provider failed (%s); no regions for frame %d", e, frame["id"])
             regions = []
         options = frame.get("options") or {}
-        overrides = options.get("pipeline") or {}
-        profiles = d.profiles.choice_for(frame["path"])  # by folder; by header in the frame's process
-        stage_settings = StageSettings.from_settings(s, regions=regions, profiles=profiles, **overrides)
+        # the frame's own settings (stdd.config.frame_options), checked when they were given
+        frame_options = {k: v for k, v in options.items() if k != "keep_folder"}
+        explicit = load_profile(s, frame_options["profile"], "profile") if frame_options.get("profile") else None
+        profiles = d.profiles.choice_for(frame["path"], explicit)  # else by folder; by header in the frame's process
+        stage_settings = StageSettings.from_settings(s, regions=regions, profiles=profiles,
+                                                     frame_options=frame_options)
         work_dir = s.paths.work / str(frame["id"])
         result_dir = result_dir_for(s.paths.results, frame["id"], frame["name"])
         d.frames.set_dirs(frame["id"], str(work_dir), str(result_dir))

@@ -274,7 +274,7 @@ class Intake:
 
     # -- the work, in a thread ------------------------------------------------------------
     def examine(self, item: Settled, *, steps: list[str] | None = None, priority: int = 0,
-                force: bool = False) -> Outcome:
+                force: bool = False, options: dict | None = None) -> Outcome:
         """Take one settled file (see the module docstring). Runs in a worker thread."""
         path, st = item.path, item.stat
         frames = self.d.frames
@@ -323,7 +323,7 @@ class Intake:
                 return Outcome("calibration", path, frame, stat=st0)
             fault_point("intake.record")
             frame, created = frames.add(str(path), sha, st0.size, st0.mtime, priority=prio, steps=steps,
-                                        kind=kind, imagetyp=imagetyp)
+                                        options=options, kind=kind, imagetyp=imagetyp)
             if not created:  # the same content arrived twice at once: the other one won
                 return self._duplicate(path, st0, frame)
             for alert_id in alert_ids:

@@ -132,17 +132,18 @@ class Daemon:
         self.record_event_soon("daemon.resumed", "resumed")
         self.wake_dispatcher()
 
-    async def submit(self, path: str | os.PathLike, steps: list[str] | None = None, priority: int = 0) -> dict:
-        """Queue a file given by path (control.py)."""
-        return await self.control.submit(path, steps, priority)
+    async def submit(self, path: str | os.PathLike, steps: list[str] | None = None, priority: int = 0,
+                     options: dict | None = None) -> dict:
+        """Queue a file given by path, maybe with its own settings (control.py)."""
+        return await self.control.submit(path, steps, priority, options)
 
     async def cancel(self, frame_id: int, reason: str = "cancelled by request") -> dict:
         """Cancel a queued or running frame (control.py)."""
         return await self.control.cancel(frame_id, reason)
 
-    async def retry(self, frame_id: int, from_stage: str | None = None) -> dict:
-        """Queue a finished frame again, maybe from a stage (control.py)."""
-        return await self.control.retry(frame_id, from_stage)
+    async def retry(self, frame_id: int, from_stage: str | None = None, options: dict | None = None) -> dict:
+        """Queue a finished frame again, maybe from a stage, maybe with changed settings (control.py)."""
+        return await self.control.retry(frame_id, from_stage, options)
 
     def reload(self) -> tuple[bool, list[str]]:
         """Re-read the config file; an invalid one changes nothing (control.py)."""

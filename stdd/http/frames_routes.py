@@ -20,6 +20,7 @@ from aiohttp import web
 
 from ..daemon import SubmitError
 from ..pipeline import RESULT_FILE, STAGE_NAMES
+from ..result_versions import list_versions
 from ..store import STATES, TERMINAL, EventLog, FrameStore
 from ..store.stats import Stats
 from . import files, thumbs
@@ -54,6 +55,7 @@ def _frame_detail(reads: ReadPool, frame_id: int, log_lines: int, event_limit: i
         return None
     out: dict[str, Any] = {"frame": frame, "stage_runs": frames.stage_runs(frame_id)}
     out["result"] = _read_result(frame)
+    out["versions"] = list_versions(Path(frame["result_dir"])) if frame.get("result_dir") else []
     logs: dict[str, list[str]] = {}
     listing: list[dict] = []
     seen: set[str] = set()
@@ -142,7 +144,7 @@ async def get_thumbnail(request: web.Request) -> web.StreamResponse:
 
 async def post_frames(request: web.Request) -> web.Response:
     data = await json_body(request)
-    only_keys(data, {"path", "priority", "steps"})
+    only_keys(data, {"path", "priority", "steps", "options"})
     path = data.get("path")
     if not isinstance(path, str) or not path.strip():
         raise HttpError(400, "'path' must be a non-empty string")
@@ -156,15 +158,24 @@ async def post_frames(request: web.Request) -> web.Response:
         if not isinstance(steps, list) or not steps or not all(isinstance(x, str) and x in STAGE_NAMES
                                                                 for x in steps):
             raise HttpError(400, f"'steps' must be a non-empty list of stage names ({', '.join(STAGE_NAMES)})")
+    options = _options_param(data)
     daemon = request.app[KEY_DAEMON]
     roots = [Path(r) for r in daemon.settings.paths.incoming]
     target = await asyncio.to_thread(_allowed_path, path, roots)
     try:
-        frame = await call(daemon.submit, target, steps=steps, priority=priority)
+        frame = await call(daemon.submit, target, steps=steps, priority=priority, options=options)
     except SubmitError as e:
         raise HttpError(400, str(e)) from None
     duplicate = bool(frame.pop("duplicate", False))
     return json_response({"frame": frame, "created": not duplicate}, status=200 if duplicate else 201)
+
+
+def _options_param(data: dict) -> dict | None:
+    """The frame's own settings as sent: an object of `-c` keys (checked by the daemon)."""
+    options = data.get("options")
+    if options is not None and not isinstance(options, dict):
+        raise HttpError(400, "'options' must be an object of settings (e.g. {\"sn\": 3, \"template.survey\": \"ps1\"})")
+    return options or None
 
 
 def _allowed_path(path: str, roots: list[Path]) -> Path:
@@ -210,7 +221,8 @@ async def post_cancel(request: web.Request) -> web.Response:
 async def post_retry(request: web.Request) -> web.Response:
     frame_id = path_frame_id(request)
     data = await json_body(request, optional=True)
-    only_keys(data, {"from_stage"})
+    only_keys(data, {"from_stage", "options"})
+    options = _options_param(data)
     from_stage = data.get("from_stage")
     if "from_stage" in data and (not isinstance(from_stage, str) or from_stage not in STAGE_NAMES):
         raise HttpError(400, f"from_stage must be one of {', '.join(STAGE_NAMES)}, got {from_stage!r}")
@@ -222,8 +234,9 @@ async def post_retry(request: web.Request) -> web.Response:
         raise HttpError(409, f"frame {frame_id} is {frame['state']}; only a finished frame can be retried",
                         state=frame["state"])
     try:
-        await call(request.app[KEY_DAEMON].retry, frame_id, from_stage)
+        await call(request.app[KEY_DAEMON].retry, frame_id, from_stage, options)
     except SubmitError as e:
-        raise HttpError(409, str(e)) from None
+        # a bad option is the request's fault (400); a frame that cannot be retried now is a conflict
+        raise HttpError(400 if str(e).startswith("option ") else 409, str(e)) from None
     frame = await reads.run(_get_frame, reads, frame_id)
     return json_response({"frame": frame})

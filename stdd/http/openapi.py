@@ -41,6 +41,13 @@ OFFSET = {"name": "offset", "in": "query",
 SINCE = {"oneOf": [{"type": "number"}, {"type": "string", "format": "date-time"}]}
 AUTH = [{"bearer": []}]
 OPEN = [{}, {"bearer": []}]  # open on loopback unless http.open_reads = false
+FRAME_OPTIONS = {
+    "type": "object", "additionalProperties": True,
+    "description": "the frame's own settings, keys as with `-c`: a bare key is a [pipeline] key "
+                   "(e.g. \"sn\": 3), `catalog.*` and `template.*` keys too, and `profile` (an instrument "
+                   "profile name); an unknown key or a bad value is a 400 naming it. Recorded in result.json "
+                   "(`settings.frame_options`); on a retry they are merged over the frame's earlier ones.",
+}
 
 COMMON_ERRORS = {"401": _err("missing or wrong bearer token")}
 WRITE_ERRORS = {"400": _err("a bad body"), "401": _err("missing or wrong bearer token")}
@@ -83,6 +90,15 @@ def document(version: str) -> dict[str, Any]:
                                    "attempt": INT, "seconds": NUM, "error": STR}}},
                 "result": {"type": "object", "nullable": True, "additionalProperties": True,
                            "description": "the frame's result.json"},
+                "versions": {"type": "array", "description": "the frame's history: kept results, then the current",
+                             "items": {"type": "object", "additionalProperties": True,
+                                       "required": ["run", "current", "path", "status"],
+                                       "properties": {"run": INT, "current": {"type": "boolean"},
+                                                      "path": {"type": "string"}, "status": STR,
+                                                      "stages_run": {"type": "array", "items": {"type": "string"}},
+                                                      "kept_stages": {"type": "array", "items": {"type": "string"}},
+                                                      "frame_options": {"type": "object",
+                                                                        "additionalProperties": True}}}},
                 "files": {"type": "array", "items": {
                     "type": "object", "required": ["name", "size", "url"],
                     "properties": {"name": {"type": "string"}, "size": {"type": "integer"},
@@ -246,7 +262,8 @@ def document(version: str) -> dict[str, Any]:
                     "properties": {"path": {"type": "string", "pattern": "^/", "description": "absolute path of a FITS file"},
                                    "priority": {"type": "integer", "minimum": -1000000, "maximum": 1000000},
                                    "steps": {"type": "array", "minItems": 1,
-                                             "items": {"type": "string", "enum": list(STAGE_NAMES)}}}}}}},
+                                             "items": {"type": "string", "enum": list(STAGE_NAMES)}},
+                                   "options": FRAME_OPTIONS}}}}},
                 "responses": {"201": _json(_ref("Submitted"), "queued"),
                               "200": _json(_ref("Submitted"), "the same content was already known"),
                               "403": _err("the path is outside the allowed roots"),
@@ -287,8 +304,11 @@ def document(version: str) -> dict[str, Any]:
             "security": AUTH, "tags": ["frames"], "parameters": [FRAME_ID],
             "requestBody": {"required": False, "content": {"application/json": {"schema": {
                 "type": "object", "additionalProperties": False,
-                "properties": {"from_stage": {"type": "string", "enum": list(STAGE_NAMES)}}}}}},
-            "responses": {"200": _json(_ref("FrameAction"), "queued again"), "404": _err("no such frame"),
+                "properties": {"from_stage": {"type": "string", "enum": list(STAGE_NAMES)},
+                               "options": FRAME_OPTIONS}}}}},
+            "responses": {"200": _json(_ref("FrameAction"), "queued again (the previous result is kept as a "
+                                                            "version)"),
+                          "404": _err("no such frame"),
                           "409": _err("the frame is queued or running"), **WRITE_ERRORS}}},
         "/pause": {"post": {
             "summary": "Stop starting frames (running ones go on; new files are still recorded)",

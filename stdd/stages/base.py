@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..config.frame_options import apply_sections
 from ..config.settings import (CalibrationSettings, CatalogSettings, InstrumentProfile, PipelineSettings,
                                TemplateSettings)
 
@@ -72,14 +73,21 @@ class StageSettings(BaseModel):
     offline: bool = True
     cache_dir: Path = Path("var/cache")
     regions: list[Region] = Field(default_factory=list)
+    frame_options: dict[str, Any] = Field(
+        default_factory=dict, description="the frame's own settings (stdd.config.frame_options), as given: "
+                                          "recorded in result.json; already applied to the sections above")
 
     @classmethod
     def from_settings(cls, settings, instrument: InstrumentProfile | None = None,
                       regions: list[Region] | None = None, *, profiles: ProfileChoice | None = None,
-                      **pipeline_overrides: Any) -> "StageSettings":
+                      frame_options: dict[str, Any] | None = None, **pipeline_overrides: Any) -> "StageSettings":
         """`instrument`: a profile applied now; or `profiles`: candidates the frame's process chooses
-        from. Either way `pipeline_overrides` win over the profile's `[pipeline]` table; every
-        candidate's merge is validated here, so settling cannot fail later."""
+        from. Either way `pipeline_overrides` (and `frame_options`' pipeline keys, the frame's own
+        settings, normalised by stdd.config.frame_options) win over the profile's `[pipeline]`
+        table; every candidate's merge is validated here, so settling cannot fail later."""
+        if frame_options:
+            settings = apply_sections(settings, frame_options)
+            pipeline_overrides = {**(frame_options.get("pipeline") or {}), **pipeline_overrides}
         pipeline = settings.pipeline
         if instrument is not None and instrument.pipeline:
             pipeline = pipeline.model_validate({**pipeline.model_dump(), **instrument.pipeline})
@@ -93,7 +101,7 @@ class StageSettings(BaseModel):
                    calibration=settings.calibration,
                    instrument=instrument, instrument_source="explicit" if instrument is not None else None,
                    profile_choice=profiles, offline=settings.offline, cache_dir=settings.paths.cache,
-                   regions=regions or [])
+                   regions=regions or [], frame_options=dict(frame_options or {}))
 
     def with_profile(self, profile: InstrumentProfile | None, source: ProfileSource) -> "StageSettings":
         """These settings with `profile` applied (its `[pipeline]`, then the explicit overrides) and
