@@ -75,7 +75,12 @@ def test_publish_writes_the_products_the_logs_and_result_json_and_leaves_nothing
     assert version(result_dir) == 1 and (result_dir / "objects.txt").read_text() == "objects of version 1\n"
     publish(work2, result_dir, {"frame_id": 7})
     assert version(result_dir) == 2 and (result_dir / "inspect.log").read_text() == "log of version 2\n"
-    assert sorted(p.name for p in results.iterdir()) == ["7-frame"]
+    # the replaced result is kept as a version, whole, beside it (stdd.result_versions)
+    assert sorted(p.name for p in results.iterdir()) == ["7-frame", "7-frame.versions"]
+    kept = results / "7-frame.versions" / "run-1"
+    assert version(kept) == 1 and (kept / "objects.txt").read_text() == "objects of version 1\n"
+    assert [os.listdir(results / "7-frame.versions")] == [["run-1"]]
+    assert json.loads((result_dir / "result.json").read_text())["run"] == 2
 
 
 def test_a_crash_between_the_two_renames_leaves_the_previous_result_which_recovery_restores(published):
@@ -90,9 +95,11 @@ def test_a_crash_between_the_two_renames_leaves_the_previous_result_which_recove
     assert version(result_dir) == 1 and (result_dir / "objects.txt").read_text() == "objects of version 1\n"
     assert stdd_temps(results) == []
     assert_user_folders_intact(results)
-    # the next publish goes through as usual
+    # the next publish goes through as usual; the version kept before the crash is kept once
     publish(work2, result_dir, {"frame_id": 7})
     assert version(result_dir) == 2 and stdd_temps(results) == []
+    assert os.listdir(results / "7-frame.versions") == ["run-1"]
+    assert json.loads((result_dir / "result.json").read_text())["run"] == 2
 
 
 def test_a_crash_before_the_renames_leaves_the_old_result_in_place(published):
