@@ -1,6 +1,6 @@
 """One frame through stdd's own chain in a fresh process, as a pool worker runs it; prints JSON.
 
-`python -m bench.chain_child FRAME WORKDIR SETTINGS_JSON [--steps ...] [--profile N]`
+`python -m bench.chain_child FRAME WORKDIR SETTINGS_JSON [--steps ...] [--rerun] [--profile N]`
 
 It does what `stdd.pool.worker` does between `begin` and `publishing` (prepare the folder from
 the frame's bytes, then `stdd.pipeline.run_chain`), with the pool's environment (numerical
@@ -36,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0,
                     help="the frame's thread budget, as the pool gives it (0: not limited; the environment's one thread)")
+    ap.add_argument("--rerun", action="store_true",
+                    help="WORKDIR already holds the frame's earlier stages: run --steps there without preparing it "
+                         "again (what `stdd retry --from` and `stdd process --from` do)")
     ap.add_argument("--preload", nargs="+", default=[], metavar="MODULE",
                     help="import these too before the frame (what a larger fork-server preload would give)")
     args = ap.parse_args(argv)
@@ -64,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
             timer.stage = None
 
     def chain():
-        prepare_folder(args.frame, args.work)
+        if not args.rerun:
+            prepare_folder(args.frame, args.work)
         return run_chain(args.work, settings, args.steps or settings.pipeline.steps, on_stage, threads=args.threads)
 
     profile = None

@@ -64,6 +64,8 @@ KEYS: tuple[Key, ...] = (
         "notices a day), the retention job run as the daemon runs it", "<=", 120.0),
     Key("calib_stage_2k_s", "s", "the calibrate stage on a 2048² raw frame (bench/calib.py)", "<=", 1.0),
     Key("calib_build_20_s", "s", "`stdd calib build` of a master from 20 raw 2048² frames", "<=", 30.0),
+    Key("rerun_subtraction_ratio", "ratio", "a rerun from subtraction with sub_size=600 ÷ the same frame's full "
+        "run (2048², all cores, both in a new warmed process)", "<=", 0.40),
     Key("dask_vs_local", "ratio", "seconds for the same frames on a 2-worker Dask LocalCluster ÷ on the "
         "2-worker local pool (above 1: Dask is slower)"),
 )
@@ -79,6 +81,7 @@ MEASURES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("bench.status_load", ("status_p99_ms", "loop_lag_max_ms", "ingest_p99_s", "rss_idle_mb")),
     ("bench.dask_compare", ("dask_vs_local",)),
     ("bench.calib", ("calib_stage_2k_s", "calib_build_20_s")),
+    ("bench.rerun", ("rerun_subtraction_ratio",)),
 )
 
 
