@@ -131,6 +131,11 @@ class HttpSettings(Section):
     token_file: Path = Path("var/http.token")
     token_env: str = "STDD_HTTP_TOKEN"
     open_reads: bool = True
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="names the endpoint answers to in the Host header, beside its own address (and localhost, "
+                    "127.0.0.1, [::1] when it listens on loopback); any other Host is refused (DNS rebinding). "
+                    "Add the names a reverse proxy or the observatory network uses, e.g. [\"stdd.obs.local\"]")
 
 
 class PipelineSettings(Section):

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from .. import ui
 from ..daemon import DaemonError
 from . import alerts_routes, auth, control_routes, frames_routes, status_routes
 from .appkeys import (KEY_DAEMON, KEY_DAEMON_CHECKS, KEY_DB_CHECK, KEY_LAG, KEY_METRICS, KEY_OPEN_READS, KEY_READS,
@@ -26,6 +27,7 @@ from .appkeys import (KEY_DAEMON, KEY_DAEMON_CHECKS, KEY_DB_CHECK, KEY_LAG, KEY_
 from .daemon_view import database_path
 from .dbprobe import DatabaseCheck
 from .health import get_health
+from .hostcheck import KEY_ALLOWED_HOSTS, allowed_names, host_middleware
 from .lag import LagMonitor
 from .metrics import Metrics
 from .middleware import errors_middleware, quiet_bad_requests
@@ -41,7 +43,8 @@ def create_app(daemon, *, token: str | None = None) -> web.Application:
     """The endpoint for `daemon`. `token` defaults to the env var / token file (made if missing)."""
     http = daemon.settings.http
     quiet_bad_requests()
-    app = web.Application(middlewares=[errors_middleware], client_max_size=MAX_BODY)
+    app = web.Application(middlewares=[host_middleware, errors_middleware], client_max_size=MAX_BODY)
+    app[KEY_ALLOWED_HOSTS] = allowed_names(http.host, http.allowed_hosts)
     reads = ReadPool(database_path(daemon))
     lag = LagMonitor()
     metrics = Metrics(reads.db)
@@ -81,6 +84,7 @@ def create_app(daemon, *, token: str | None = None) -> web.Application:
     r.add_post("/resume", control_routes.post_resume)
     r.add_post("/reload", control_routes.post_reload)
     alerts_routes.add_routes(app)
+    ui.add_routes(app)
     return app
 
 

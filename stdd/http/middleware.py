@@ -37,8 +37,10 @@ async def errors_middleware(request: web.Request, handler):
     t0 = time.monotonic()
     status = 500
     try:
-        if request.method not in ("GET", "HEAD", "OPTIONS") or not (
-                request.app[KEY_OPEN_READS] and _local_peer(request)):
+        # the web interface (/ui/) checks its own session cookie and CSRF token (stdd.ui.security)
+        ui_path = request.path == "/ui" or request.path.startswith("/ui/")
+        if not ui_path and (request.method not in ("GET", "HEAD", "OPTIONS") or not (
+                request.app[KEY_OPEN_READS] and _local_peer(request))):
             token = request.app[KEY_TOKEN]
             if not auth.token_matches(auth.bearer(request.headers.get("Authorization")), token):
                 status = 401
@@ -61,7 +63,8 @@ async def errors_middleware(request: web.Request, handler):
                                   allowed=sorted(e.allowed_methods))
             resp.headers["Allow"] = ", ".join(sorted(e.allowed_methods))
             return resp
-        return error_response(e.status, e.reason)
+        text = e.text or ""  # a handler's own message (the web interface's), else the reason phrase
+        return error_response(e.status, text if text and not text.startswith(f"{e.status}: ") else e.reason)
     except (ConnectionResetError, asyncio.CancelledError):
         raise
     except Exception as e:

@@ -98,11 +98,12 @@ def draw(path: Path, out: Path, size: int = SIZE) -> Path:
     return out
 
 
-def thumbnail_path(frame: dict, cache: Path) -> Path:
-    """The PNG to show for `frame` (made now if needed); NoThumbnail when there is nothing to show."""
+def thumbnail_path(frame: dict, cache: Path, published: bool = True) -> Path:
+    """The PNG to show for `frame` (made now if needed); NoThumbnail when there is nothing to show.
+    `published` False: always the frame's own image, never a stage's preview (the web interface)."""
     from .files import FileRefused, find_frame_file
 
-    rel = published_preview(frame)
+    rel = published_preview(frame) if published else None
     if rel:
         try:
             return find_frame_file([frame.get("result_dir"), frame.get("work_dir")], rel)

@@ -203,6 +203,8 @@ def _inspect(run: StageRun, settings: StageSettings):
         "filter": band, "filter_source": filter_source, "exptime": exptime, "time_start": time_start,
         "time_mid": time_mid, "time_source": time_source, "gain": gain, "gain_source": gain_source,
         "saturation": finite_or_none(sat), "saturation_source": sat_source, "width": width, "height": height,
+        "background": finite_or_none(bg.globalback) if bg is not None else None,  # ADU, SEP's global level
+        "background_rms": finite_or_none(bg.globalrms) if bg is not None else None,
         "ra": ra, "dec": dec, "radius_deg": radius, "footprint": footprint,
         "pixscale_arcsec": finite_or_none(pixscale), "wcs_initial": wcs_state,
         "masked_fraction": round(masked, 6), "n_cosmics_pixels": n_cosmic,
