@@ -26,7 +26,7 @@ from .common import Context, Value, percentile, rnd
 from .harness import BenchDaemon, FrameMemorySampler
 from .inputs import field_of, small_frames
 
-KEYS = ("rss_idle_mb", "status_p99_ms", "loop_lag_max_ms", "ingest_p99_s")
+KEYS = ("rss_idle_mb", "status_p99_ms", "loop_lag_max_ms", "ingest_p99_s", "ui_frame_p95_ms")
 SETTLE = 2.0  # the default [watch] settle_seconds
 IDLE_MINUTES = 0.1  # pool.warm_idle_minutes for this daemon (the default is 15)
 
@@ -35,10 +35,10 @@ def measure(ctx: Context) -> dict[str, Value]:
     from stdd.http.loadcheck import measure_async
 
     size = 1024
-    field = field_of(ctx, size, 2)
+    field = field_of(ctx, size, 3)
     n_small = 10 if ctx.quick else 40
-    smalls = small_frames(ctx, n_small + 1)
-    warm_frame, smalls = smalls[-1], smalls[:n_small]
+    smalls = small_frames(ctx, n_small)
+    warm_frame = field.frames[2]  # processed fully: the frame page measured under load shows it
     out: dict[str, Value] = {}
     d = BenchDaemon(ctx.folder("status_load"), field, workers=2, settle=SETTLE, http=True,
                     pool=f"warm_idle_minutes = {IDLE_MINUTES}\n")
@@ -70,6 +70,10 @@ def measure(ctx: Context) -> dict[str, Value]:
             res = asyncio.run(measure_async(d.url, requests=500, concurrency=4,
                                             headers={"Authorization": f"Bearer {d.token}"}))
             busy_after = _running_busy(d)
+            # the web interface's frame page of the done frame, 2 browsers' worth in flight
+            done_id = min(r["id"] for r in d.frames() if r["state"] == "done")
+            ui = asyncio.run(measure_async(d.url, requests=200, concurrency=2, path=f"/ui/frames/{done_id}"))
+            ui_busy_after = _running_busy(d)
             # intake under load: small frames, one every 0.2 s
             drops = {}
             for i, f in enumerate(smalls):
@@ -98,6 +102,13 @@ def measure(ctx: Context) -> dict[str, Value]:
     if res["p99_ms"] > 50:
         out["status_p99_ms"].note += (f"; over the goal: p95 {res['p95_ms']} ms, and the event loop lagged up to "
                                       f"{res['lag_max_ms']} ms (a blocked loop delays every request)")
+    ui_errors = f"; errors {ui['errors']}" if ui["errors"] else ""
+    out["ui_frame_p95_ms"] = Value(
+        rnd(ui["p95_ms"], 2), context=ui,
+        note=f"GET /ui/frames/{{id}} of a done {size}² frame, {ui['requests']} requests, {ui['concurrency']} in "
+             f"flight: p50 {ui['p50_ms']} ms, p99 {ui['p99_ms']} ms, max {ui['max_ms']} ms; "
+             + ("both workers busy throughout" if ui_busy_after >= 2
+                else f"only {ui_busy_after} worker(s) still busy at the end") + ui_errors)
     samples = ingest + list(ctx.shared.get("ingest_samples", []))
     p99 = percentile(samples, 99)
     out["ingest_p99_s"] = Value(
