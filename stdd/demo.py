@@ -112,12 +112,18 @@ def _drop(src: Path, folder: Path) -> Path:
     return final
 
 
+def _port(config: Path) -> int:
+    import tomllib
+
+    return int(tomllib.loads(config.read_text())["http"]["port"])
+
+
 def _fmt(v, spec: str) -> str:
     return format(v, spec) if isinstance(v, (int, float)) else "—"
 
 
 def run_demo(folder: Path, *, workers: int = 0, timeout: float = 1200.0,
-             echo: Callable[[str], None] = print) -> int:
+             echo: Callable[[str], None] = print, serve: bool = False) -> int:
     config, manifest = prepare(Path(folder), workers)
     root = config.parent
     frames = manifest["frames"]
@@ -128,7 +134,18 @@ def run_demo(folder: Path, *, workers: int = 0, timeout: float = 1200.0,
         proc = subprocess.Popen([sys.executable, "-m", "stdd", "--config", str(config), "run"],
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        return _watch(root, manifest, proc, timeout, echo, log_path)
+        rc = _watch(root, manifest, proc, timeout, echo, log_path)
+        url = f"http://127.0.0.1:{_port(config)}/ui/"
+        if serve and proc.poll() is None:
+            echo(f"\ndemo: the web interface is at {url} (log in with the token in "
+                 f"{root / 'var' / 'http.token'}); Ctrl-C stops the daemon")
+            try:
+                proc.wait()
+            except KeyboardInterrupt:
+                echo("")
+        else:
+            echo(f"\ndemo: to look at the results in a browser: stdd --config {config} run, then open {url}")
+        return rc
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
