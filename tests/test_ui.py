@@ -70,12 +70,19 @@ async def ui(field, tmp_path):
         src.write_bytes(field.frame.read_bytes())
         frame = await wait_for(lambda: finished(daemon), 240, "the frame processed")
         assert frame["state"] == "done", frame["error"]
+        (tmp_path / "incoming" / "broken.fits").write_bytes(b"SIMPLE  =                    T" + b" " * 100)
+        await wait_for(lambda: n_frames(daemon, 2), 60, "the broken file recorded")
         yield daemon, svc, frame
+
+
+async def n_frames(daemon, n: int):
+    rows = await daemon.gate.run(daemon.frames.list)
+    return len(rows) >= n and all(r["state"] in ("done", "failed") for r in rows)
 
 
 async def finished(daemon):
     rows = await daemon.gate.run(daemon.frames.list)
-    return rows[0] if rows and rows[0]["state"] in ("done", "failed") else None
+    return rows[-1] if rows and rows[-1]["state"] in ("done", "failed") else None
 
 
 async def browser_page(p):
@@ -108,8 +115,18 @@ async def test_pages_viewer_blink_and_rerun_in_chromium(ui):
         browser, page = await browser_page(p)
         page.on("request", lambda r: requests.append(r.url))
         try:
-            # the night: the frame with its image thumbnail, the trend plots
+            # tonight: the broken file, a failure with its reason, a picture that says there is no image
             r = await page.goto(svc.url + "/ui/")
+            assert r.status == 200
+            assert await page.locator("#failures li").count() == 1
+            assert "truncated" in await page.inner_text("#failures")
+            assert await all_images_loaded(page) == []
+            broken = await daemon.gate.run(lambda: [f for f in daemon.frames.list() if f["state"] == "failed"][0])
+            r = await page.goto(svc.url + f"/ui/frames/{broken['id']}")
+            assert r.status == 200 and await all_images_loaded(page) == []
+            # the night the frame was taken (2026-03-01T03:00 UT at longitude 0): the frame with its image
+            # thumbnail, the trend plots
+            r = await page.goto(svc.url + "/ui/?night=2026-02-28")
             assert r.status == 200
             assert await page.locator(f"tr.frame[data-id='{fid}']").count() == 1
             assert await all_images_loaded(page) == []

@@ -147,8 +147,8 @@ async def page_night(request: web.Request) -> web.Response:
 
     chosen, note, rows, live = await reads.run(gather)
     return aiohttp_jinja2.render_template("night.html", request, {
-        "night": chosen, "note": note, "rows": rows, "summary": night.summary(rows),
-        "alerts": live, "site": daemon.settings.site.name,
+        "night": chosen, "note": note, "rows": lenient(rows), "summary": lenient(night.summary(rows)),
+        "alerts": lenient(live), "site": daemon.settings.site.name,
         "prev_night": _iso(chosen, -1), "next_night": _iso(chosen, 1)})
 
 
@@ -204,10 +204,24 @@ async def page_frame(request: web.Request) -> web.Response:
         }
 
     data = await reads.run(gather)
+    data["result"] = data["result"] or {}
+    for key in ("result", "candidates", "targets", "timeline", "versions"):
+        data[key] = lenient(data[key])
     return aiohttp_jinja2.render_template("frame.html", request, {
-        "frame": frame, **data, "terminal": frame["state"] in TERMINAL,
+        "frame": lenient(frame), **data, "terminal": frame["state"] in TERMINAL,
         "cmaps": preview.CMAPS, "stretches": preview.STRETCHES,
         "message": request.query.get("message")})
+
+
+def lenient(o):
+    """Dicts whose missing keys read as None in a template (a failed frame's result lacks most)."""
+    from collections import defaultdict
+
+    if isinstance(o, dict):
+        return defaultdict(lambda: None, {k: lenient(v) for k, v in o.items()})
+    if isinstance(o, list):
+        return [lenient(v) for v in o]
+    return o
 
 
 def _view(request: web.Request) -> preview.View:
@@ -251,8 +265,9 @@ async def frame_thumb(request: web.Request) -> web.StreamResponse:
     cache = request.app[KEY_DAEMON].settings.paths.cache
     try:
         path = await _render(request, thumbs.thumbnail_path, frame, cache, False)
-    except thumbs.NoThumbnail as e:
-        raise web.HTTPNotFound(text=str(e))
+    except thumbs.NoThumbnail as e:  # a rejected file, or its folders removed: a picture that says so
+        return web.FileResponse(HERE / "static" / "no-image.svg",
+                                headers={"X-Content-Type-Options": "nosniff", "X-No-Thumbnail": str(e)[:200]})
     return web.FileResponse(path, headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "max-age=60"})
 
 
