@@ -71,9 +71,10 @@ def _photometry(run: StageRun, settings: StageSettings):
     from stdpipe import photometry as sp
     from stdpipe import photometry_measure as spm
 
-    # pixels without data are hidden from detection; saturated cores and cosmic-ray hits stay visible
-    # (flagged through the mask, not fragmented or lost when a star is mistaken for a cosmic ray)
-    detect_mask = (bits & np.uint8(1 | 4 | 16)) > 0
+    # pixels without data (and the user's custom mask, 32) are hidden from detection; saturated cores and
+    # cosmic-ray hits stay visible (flagged through the mask, not fragmented or lost when a star is mistaken
+    # for a cosmic ray)
+    detect_mask = (bits & np.uint8(1 | 4 | 16 | 32)) > 0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         res = sp.get_objects_sextractor(image, mask=mask, mask_detect=detect_mask, thresh=p.detection_thresh,
@@ -424,7 +425,7 @@ def _astrometry(run, settings, obj, header, state, fwhm, shape):
             raise StageError(f"{STAGE}: no usable WCS ({why}), and no pointing in the header to blind-match around")
     scale = _scale_range(settings, state, w0)
     if hint is not None:
-        cat = catalog_for(hint[0], hint[1], p.blind_radius_deg)
+        cat = catalog_for(hint[0], hint[1], p.blind_match_sr0)
     else:
         cat = catalog_for(None, None, None)
     if len(cat.table) < 10:
@@ -432,7 +433,7 @@ def _astrometry(run, settings, obj, header, state, fwhm, shape):
                          f"catalogue stars around {_fmt_hint(hint)}")
     mag_col = astro.pick_mag_column(cat.table, state["band"])
     index_dir = run.folder / "astrometry_index"
-    w = astro.blind_solve(obj, cat.table, shape, mag_col=mag_col, hint=hint, radius_deg=p.blind_radius_deg,
+    w = astro.blind_solve(obj, cat.table, shape, mag_col=mag_col, hint=hint, radius_deg=p.blind_match_sr0,
                           scale_range=scale, folder=index_dir, tmpdir=run.tmpdir, log=run.log)
     import shutil
 
@@ -465,13 +466,11 @@ def _fmt_hint(hint):
 
 def _scale_range(settings, state, w0):
     p = settings.pipeline
-    if p.blind_scale_lower_arcsec and p.blind_scale_upper_arcsec:
-        return (p.blind_scale_lower_arcsec, p.blind_scale_upper_arcsec)
     prof = settings.instrument
-    if prof is not None and prof.pixel_scale_arcsec:
-        s = prof.pixel_scale_arcsec
-        return (0.8 * s, 1.25 * s)
-    return None
+    s = prof.pixel_scale_arcsec if prof is not None and prof.pixel_scale_arcsec else None
+    lo = p.blind_match_ps_lo or (0.8 * s if s else 0.2)  # STDWeb's 0.2-4 ″/px unless the profile knows
+    hi = p.blind_match_ps_up or (1.25 * s if s else 4.0)
+    return (lo, hi) if hi > lo else (hi, lo)
 
 
 def _final_catalog(run, settings, sol, shape, fwhm, cat, catalog_for):
@@ -630,6 +629,8 @@ def _targets(run, p, state, image, mask, gain, wcs, fwhm, aper, model, shape, se
     inside = [(t, x, y, ra, dec) for t, x, y, ra, dec in rows
               if np.isfinite(x) and 0 <= x < shape[1] and 0 <= y < shape[0]]
     measured = {}
+    if inside and p.centroid_targets:
+        inside = _centroid_targets(run, inside, image, mask, fwhm, wcs)
     if inside:
         tab = Table({"x": [r[1] for r in inside], "y": [r[2] for r in inside]})
         tab["flags"] = np.zeros(len(tab), np.int32)
@@ -641,7 +642,8 @@ def _targets(run, p, state, image, mask, gain, wcs, fwhm, aper, model, shape, se
     for t, x, y, ra, dec in rows:
         entry = {"name": t["name"], "ra": ra, "dec": dec, "x": x, "y": y, "mag": None, "mag_err": None,
                  "mag_limit": None, "snr": None, "flux": None, "flux_err": None, "flags": None,
-                 "region": t.get("region"), "inside": id(t) in measured}
+                 "region": t.get("region"), "inside": id(t) in measured, "source": t.get("source"),
+                 **{k: t[k] for k in ("x_orig", "y_orig", "centroid_offset_arcsec") if k in t}}
         r = measured.get(id(t))
         if r is not None:
             flux, err = float(r["flux"]), float(r["fluxerr"])
@@ -663,7 +665,39 @@ def _targets(run, p, state, image, mask, gain, wcs, fwhm, aper, model, shape, se
               names=("ra", "dec", "x", "y", "mag", "mag_err", "mag_limit", "snr", "flux", "flux_err"),
               dtype=[float] * 10)
     t.add_column([e["name"] for e in table_rows], name="name", index=0)
+    t["source"] = [e["source"] or "" for e in table_rows]
+    if p.centroid_targets:
+        for k in ("x_orig", "y_orig", "centroid_offset_arcsec"):
+            t[k] = [e.get(k, np.nan) for e in table_rows]
     write_table(run.product("targets.ecsv"), t)
+    write_table(run.product("target.vot"), t)  # STDWeb's product
+    return out
+
+
+def _centroid_targets(run, inside, image, mask, fwhm, wcs):
+    """STDWeb's centroid_targets: each target moved to its centroid (STDPipe's measure_objects,
+    centroid_iter=5); the original position and the offset are kept on the target."""
+    from stdpipe import photometry_measure as spm
+
+    tab = Table({"x": [r[1] for r in inside], "y": [r[2] for r in inside]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = spm.measure_objects(tab, image, aper=2.0, fwhm=fwhm, mask=mask, centroid_iter=5, sn=None,
+                                  keep_negative=True, verbose=False)
+    out = []
+    for (t, x, y, ra, dec), cx, cy in zip(inside, res["x"], res["y"]):
+        cx, cy = float(cx), float(cy)
+        if not (np.isfinite(cx) and np.isfinite(cy)) or math.hypot(cx - x, cy - y) > 2 * fwhm:
+            run.note(f"target {t['name']}: no centroid within 2 FWHM; measured at its given position")
+            out.append((t, x, y, ra, dec))
+            continue
+        r, d = wcs.all_pix2world([cx], [cy], 0)
+        t["x_orig"], t["y_orig"] = x, y
+        t["centroid_offset_arcsec"] = float(np.hypot((float(r[0]) - ra) * math.cos(math.radians(dec)),
+                                                     float(d[0]) - dec) * 3600)
+        run.log(f"target {t['name']} centroided: ({x:.2f}, {y:.2f}) -> ({cx:.2f}, {cy:.2f}), "
+                f"{t['centroid_offset_arcsec']:.2f}\"")
+        out.append((t, cx, cy, float(r[0]) % 360, float(d[0])))
     return out
 
 

@@ -119,7 +119,7 @@ def write_fits(path: Path, data, header=None) -> None:
 
 def write_table(path: Path, table) -> None:
     path = Path(path)
-    fmt = "ascii.ecsv" if path.suffix == ".ecsv" else "fits"
+    fmt = {".ecsv": "ascii.ecsv", ".vot": "votable"}.get(path.suffix, "fits")
     with atomic_path(path) as tmp:
         table.write(tmp, format=fmt, overwrite=True)
 
