@@ -631,6 +631,8 @@ def _targets(run, p, state, image, mask, gain, wcs, fwhm, aper, model, shape, se
     measured = {}
     if inside and p.centroid_targets:
         inside = _centroid_targets(run, inside, image, mask, fwhm, wcs)
+        moved = {id(r[0]): r for r in inside}
+        rows = [moved.get(id(r[0]), r) for r in rows]
     if inside:
         tab = Table({"x": [r[1] for r in inside], "y": [r[2] for r in inside]})
         tab["flags"] = np.zeros(len(tab), np.int32)
