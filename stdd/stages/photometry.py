@@ -432,6 +432,9 @@ def _astrometry(run, settings, obj, header, state, fwhm, shape):
         raise StageError(f"{STAGE}: no usable WCS ({why}); blind matching impossible: only {len(cat.table)} "
                          f"catalogue stars around {_fmt_hint(hint)}")
     mag_col = astro.pick_mag_column(cat.table, state["band"])
+    run.log(f"blind match: {len(cat.table)} catalogue stars around {_fmt_hint(hint)} "
+            f"({state.get('hint_source') or 'no pointing'}), radius {p.blind_match_sr0:g} deg, "
+            f"pixel scale {scale[0]:g}-{scale[1]:g} arcsec/px")
     index_dir = run.folder / "astrometry_index"
     w = astro.blind_solve(obj, cat.table, shape, mag_col=mag_col, hint=hint, radius_deg=p.blind_match_sr0,
                           scale_range=scale, folder=index_dir, tmpdir=run.tmpdir, log=run.log)
