@@ -256,6 +256,9 @@ def test_several_targets_centroided_and_written_as_votable(tmp_path, field, brig
     assert off["centroid_offset_arcsec"] == pytest.approx(np.hypot(1.5, 1.0) * field.truth_data["pixscale_arcsec"],
                                                           abs=0.3)
     assert ecsv[1]["mag"] == pytest.approx(s1["mag"], abs=0.1)
+    # later stages read the measured (centroided) positions from photometry.json
+    later = json.loads((folder / "photometry.json").read_text())["targets"]
+    assert later[0]["x"] == pytest.approx(off["x"]) and later[0]["source"] == "setting"
     # without centroiding the target stays where it was given
     res, _ = _run(tmp_path / "w0", _frame(tmp_path, field), tmp_path / "cache", steps=("inspect", "photometry"),
                   catalog=CatalogSettings(source="local", files=[field.catalog]), targets=targets[:1])

@@ -197,6 +197,7 @@ def _photometry(run: StageRun, settings: StageSettings):
                  "catalog_source": catinfo["source"], "ra": ra0, "dec": dec0, "radius_deg": radius,
                  "match_radius_arcsec": catinfo["match_radius"], "zp": summary_zp["zp"],
                  "mag_limit": mag_limit, "footprint": footprint}
+    state_out["targets"] = targets  # as measured (centroided with centroid_targets), for later stages
     write_json(run.product("photometry.json"), state_out)
     background.submit(run, "photometry plots", _plots, run.folder, m, obj, cat, shape, fwhm_arcsec, p.sn,
                       zp_model is not None)
