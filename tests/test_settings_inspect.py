@@ -152,3 +152,17 @@ def test_inspect_bg_writes_background_and_rms_maps(tmp_path, field):
     assert np.median(rms) == pytest.approx(noise, rel=0.1)
     assert "background.fits" in res["products"] and "background_rms.fits" in res["products"]
     assert _wcs(folder / "background.fits").has_celestial
+
+
+def test_keys_from_a_config_file(tmp_path, config_file):
+    from stdd.config.load import load_settings
+
+    path = config_file('[pipeline]\ntime = "60000.5"\ncrop = [0, 256, 0, 256]\nmask_regions = [[1, 5, 1, 5]]\n'
+                       'mask_file = "masks/m.fits"\ninspect_bg = true\ntargets = "M 31\\nx=1 y=2"\n'
+                       'blind_radius_deg = 3.0\n')
+    p = load_settings(path).pipeline
+    assert p.crop == (0, 256, 0, 256) and p.mask_regions == [(1, 5, 1, 5)] and p.inspect_bg
+    assert p.mask_file == (tmp_path / "masks" / "m.fits").resolve()  # relative to the config file
+    assert p.targets == ["M 31", "x=1 y=2"] and p.blind_match_sr0 == 3.0
+    with pytest.raises(Exception, match="mask_region"):
+        load_settings(config_file('[pipeline]\nmask_region = [[1, 5, 1, 5]]\n'))

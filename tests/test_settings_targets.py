@@ -235,6 +235,9 @@ def test_pixel_targets_get_sky_positions(tmp_path, field):
     r, d = w.all_pix2world([300.0], [50.25], 0)
     assert (state["targets"][1]["ra"], state["targets"][1]["dec"]) == pytest.approx((r[0], d[0]))
     assert {o["outcome"] for o in res["target_outcomes"]} == {"pixels"}
+    # two numbers that are no sky position are an outcome, not a name sent to Sesame
+    res, state = _run(tmp_path / "w2", _frame(tmp_path, field), tmp_path / "cache", targets=["100 200"])
+    assert res["target_outcomes"][0]["outcome"].startswith("failed: Dec 200") and state["targets"] == []
 
 
 def test_several_targets_centroided_and_written_as_votable(tmp_path, field, bright):

@@ -39,6 +39,8 @@ def parse_target(text: str, *, resolve_name, source: str) -> dict:
             return {"name": name, "x": a, "y": b, "ra": None, "dec": None, "source": source, "outcome": "pixels"}
         if -90 <= b <= 90:
             return {"name": name, "ra": a % 360, "dec": b, "source": source, "outcome": "coordinates"}
+        return {"name": name, "ra": None, "dec": None, "source": source,
+                "outcome": f"failed: Dec {b:g} is outside -90..90 (pixels are written x=.. y=..)"}
     label, _, rest = text.partition("=")
     body, name = (rest.strip(), label.strip()) if rest.strip() and "=" not in rest else (text, text)
     try:
