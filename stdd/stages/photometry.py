@@ -31,6 +31,7 @@ from astropy.wcs import WCS
 from . import astrometry as astro
 from . import background
 from . import filters
+from . import targets as target_list
 from .base import StageError, StageSettings
 from .inspect import frame_geometry
 from .measure import measure
@@ -634,7 +635,7 @@ def _targets(run, p, state, image, mask, gain, wcs, fwhm, aper, model, shape, se
               if np.isfinite(x) and 0 <= x < shape[1] and 0 <= y < shape[0]]
     measured = {}
     if inside and p.centroid_targets:
-        inside = _centroid_targets(run, inside, image, mask, fwhm, wcs)
+        inside = target_list.centroid(run, inside, image, mask, fwhm, wcs)
         moved = {id(r[0]): r for r in inside}
         rows = [moved.get(id(r[0]), r) for r in rows]
     if inside:
@@ -679,32 +680,6 @@ def _targets(run, p, state, image, mask, gain, wcs, fwhm, aper, model, shape, se
     write_table(run.product("target.vot"), t)  # STDWeb's product
     return out
 
-
-def _centroid_targets(run, inside, image, mask, fwhm, wcs):
-    """STDWeb's centroid_targets: each target moved to its centroid (STDPipe's measure_objects,
-    centroid_iter=5); the original position and the offset are kept on the target."""
-    from stdpipe import photometry_measure as spm
-
-    tab = Table({"x": [r[1] for r in inside], "y": [r[2] for r in inside]})
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        res = spm.measure_objects(tab, image, aper=2.0, fwhm=fwhm, mask=mask, centroid_iter=5, sn=None,
-                                  keep_negative=True, verbose=False)
-    out = []
-    for (t, x, y, ra, dec), cx, cy in zip(inside, res["x"], res["y"]):
-        cx, cy = float(cx), float(cy)
-        if not (np.isfinite(cx) and np.isfinite(cy)) or math.hypot(cx - x, cy - y) > 2 * fwhm:
-            run.note(f"target {t['name']}: no centroid within 2 FWHM; measured at its given position")
-            out.append((t, x, y, ra, dec))
-            continue
-        r, d = wcs.all_pix2world([cx], [cy], 0)
-        t["x_orig"], t["y_orig"] = x, y
-        t["centroid_offset_arcsec"] = float(np.hypot((float(r[0]) - ra) * math.cos(math.radians(dec)),
-                                                     float(d[0]) - dec) * 3600)
-        run.log(f"target {t['name']} centroided: ({x:.2f}, {y:.2f}) -> ({cx:.2f}, {cy:.2f}), "
-                f"{t['centroid_offset_arcsec']:.2f}\"")
-        out.append((t, cx, cy, float(r[0]) % 360, float(d[0])))
-    return out
 
 
 def _plots(folder: Path, m, obj, cat, shape, fwhm_arcsec, sn, calibrated: bool) -> tuple[list[str], list[str]]:

@@ -114,3 +114,37 @@ def outcomes(targets: list[dict]) -> list[dict]:
 
 def measurable(targets: list[dict]) -> list[dict]:
     return [t for t in targets if t.get("ra") is not None or t.get("x") is not None]
+
+
+def centroid(run, rows, image, mask, fwhm: float, wcs) -> list[tuple]:
+    """STDWeb's centroid_targets: `rows` of (target, x, y, ra, dec) moved to their centroids (STDPipe's
+    measure_objects, centroid_iter=5), at most 2 FWHM; the given position and the offset are kept on the
+    target (x_orig, y_orig, centroid_offset_arcsec)."""
+    import math
+    import warnings
+
+    import numpy as np
+    from astropy.table import Table
+    from stdpipe import astrometry as sa
+    from stdpipe import photometry_measure as spm
+
+    tab = Table({"x": [r[1] for r in rows], "y": [r[2] for r in rows]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = spm.measure_objects(tab, image, aper=2.0, fwhm=fwhm, mask=mask, centroid_iter=5, sn=None,
+                                  keep_negative=True, verbose=False)
+    out = []
+    for (t, x, y, ra, dec), cx, cy in zip(rows, res["x"], res["y"]):
+        cx, cy = float(cx), float(cy)
+        if not (np.isfinite(cx) and np.isfinite(cy)) or math.hypot(cx - x, cy - y) > 2 * fwhm:
+            run.note(f"target {t['name']}: no centroid within 2 FWHM; measured at its given position")
+            out.append((t, x, y, ra, dec))
+            continue
+        r, d = wcs.all_pix2world([cx], [cy], 0)
+        r, d = float(r[0]) % 360, float(d[0])
+        t["x_orig"], t["y_orig"] = x, y
+        t["centroid_offset_arcsec"] = float(sa.spherical_distance(ra, dec, r, d)) * 3600
+        run.log(f"target {t['name']} centroided: ({x:.2f}, {y:.2f}) -> ({cx:.2f}, {cy:.2f}), "
+                f"{t['centroid_offset_arcsec']:.2f}\"")
+        out.append((t, cx, cy, r, d))
+    return out
