@@ -82,3 +82,17 @@ def test_blind_hint_settings_validated():
         PipelineSettings(blind_match_ps_lo=4, blind_match_ps_up=1)
     with pytest.raises(ValidationError, match="blind_match_sr"):
         PipelineSettings(blind_match_sr=3)  # a typo is named
+
+
+def test_blind_match_center_name_offline_is_a_note_and_the_header_pointing_stays(tmp_path, nowcs):
+    import json
+
+    src, fp = nowcs
+    folder = tmp_path / "work"
+    prepare_folder(src, folder)
+    s = StageSettings(pipeline=PipelineSettings(blind_match_center="NGC 3000"), cache_dir=tmp_path / "cache")
+    res = run_chain(folder, s, steps=["inspect"])
+    assert res["status"] == "done"
+    assert any("blind_match_center 'NGC 3000' not resolved (offline)" in n for n in res["notes"])
+    state = json.loads((folder / "inspect.json").read_text())
+    assert (state["hint_ra"], state["hint_dec"], state["hint_source"]) == (153.5, 30.0, "RA/DEC")
