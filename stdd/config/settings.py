@@ -14,6 +14,7 @@ description; splitting the sections across modules would scatter what `stdd conf
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -138,6 +139,44 @@ class HttpSettings(Section):
                     "Add the names a reverse proxy or the observatory network uses, e.g. [\"stdd.obs.local\"]")
 
 
+FORMER_PIPELINE_KEYS = {"blind_radius_deg": "blind_match_sr0", "blind_scale_lower_arcsec": "blind_match_ps_lo",
+                        "blind_scale_upper_arcsec": "blind_match_ps_up"}
+
+
+def parse_time_setting(value: str):
+    """`pipeline.time` as an astropy Time: a number is an MJD, anything else ISO (or FITS) date text."""
+    from astropy.time import Time
+
+    text = str(value).strip()
+    try:
+        return Time(float(text), format="mjd", scale="utc")
+    except ValueError:
+        pass
+    try:
+        return Time(text.replace(" ", "T", 1) if re.fullmatch(r"\d{4}-\d\d-\d\d \d.*", text) else text, scale="utc")
+    except ValueError:
+        raise ValueError(f"time {value!r} is neither an ISO date (2026-03-01T03:00:00) nor an MJD") from None
+
+
+def parse_crop(value) -> tuple[int, int, int, int]:
+    """`pipeline.crop` as 0-based (x0, x1, y0, y1), ends exclusive."""
+    if isinstance(value, str):
+        m = re.fullmatch(r"\[\s*(\d+)\s*:\s*(\d+)\s*,\s*(\d+)\s*:\s*(\d+)\s*\]", value.strip())
+        if m is None:
+            parts = [p for p in re.split(r"[\s,]+", value.strip()) if p]
+            if len(parts) != 4 or not all(p.lstrip("-").isdigit() for p in parts):
+                raise ValueError(f"crop {value!r} is neither a FITS section [x1:x2,y1:y2] nor x0,x1,y0,y1")
+            x0, x1, y0, y1 = (int(p) for p in parts)
+        else:
+            a, b, c, d = (int(g) for g in m.groups())
+            x0, x1, y0, y1 = a - 1, b, c - 1, d
+    else:
+        x0, x1, y0, y1 = (int(v) for v in value)
+    if x0 < 0 or y0 < 0 or x1 - x0 < 16 or y1 - y0 < 16:
+        raise ValueError(f"crop {value!r}: the kept part must start inside the frame and be at least 16x16 pixels")
+    return x0, x1, y0, y1
+
+
 class PipelineSettings(Section):
     """Processing parameters; defaults are STDWeb's."""
 
@@ -172,12 +211,50 @@ class PipelineSettings(Section):
     wcs_order: int = Field(3, ge=0, le=6)
     wcs_max_rms_arcsec: float = Field(2.0, gt=0)
     blind_match: bool = True
-    blind_scale_lower_arcsec: float | None = None
-    blind_scale_upper_arcsec: float | None = None
-    targets: list[str] = Field(default_factory=list)
     # stdd additions (not in STDWeb)
     min_aper_pixels: float = Field(2.0, ge=0, description="aperture radius floor for undersampled frames")
-    blind_radius_deg: float = Field(1.0, gt=0, description="blind-match search radius around the pointing")
+    # STDWeb parity: inspect and targets (docs/stdweb-settings.md)
+    time: str | None = Field(
+        None, description="observation (start) time overriding the header's, ISO (2026-03-01T03:00:00) or MJD; "
+                          "recorded with time_source \"setting\". STDWeb: from the header")
+    targets: list[str] = Field(
+        default_factory=list,
+        description="STDWeb's `target`: one target per item (or a text of lines): a name (Simbad via Sesame, then "
+                    "TNS; cached under the cache folder), \"RA Dec\" in degrees or sexagesimal, \"x=100 y=200\" "
+                    "pixels, optionally \"label= ...\". Empty: the header TARGET (or OBJECT, when it resolves). "
+                    "STDWeb: header TARGET")
+    header_target: bool = Field(
+        True, description="with no `targets`, measure the header's TARGET (or OBJECT when it resolves to "
+                          "coordinates) as the target, recorded with source \"header\". STDWeb: true")
+    centroid_targets: bool = Field(
+        False, description="centroid each target's position on the image before measuring it; the measured "
+                           "position and its offset are recorded. STDWeb: false")
+    mask_regions: list[tuple[int, int, int, int]] = Field(
+        default_factory=list,
+        description="custom mask rectangles [x0, x1, y0, y1]: 0-based pixels of the frame as read (before `crop`), "
+                    "x0 <= x < x1, y0 <= y < y1; masked with the `custom` bit, nothing is detected there. "
+                    "STDWeb: none (drawn per task)")
+    mask_file: Path | None = Field(
+        None, description="a FITS image of the frame's size (as read, or after `crop`): nonzero pixels are masked "
+                          "with the `custom` bit. STDWeb: none")
+    crop: str | tuple[int, int, int, int] | None = Field(
+        None, description="keep only this part of the frame: a FITS section \"[x1:x2,y1:y2]\" (1-based, inclusive) "
+                          "or [x0, x1, y0, y1] (0-based, end exclusive); the WCS follows. STDWeb: the crop action")
+    inspect_bg: bool = Field(
+        False, description="write the background and background-RMS maps (background.fits, background_rms.fits). "
+                           "STDWeb: false")
+    blind_match_center: str | None = Field(
+        None, description="blind-match around this position instead of the header's pointing: \"RA Dec\" "
+                          "(degrees or sexagesimal) or a name resolved like a target. STDWeb: none")
+    blind_match_sr0: float = Field(
+        2.0, gt=0, description="blind-match search radius (degrees) around the pointing; formerly "
+                               "blind_radius_deg (still accepted). STDWeb: 2")
+    blind_match_ps_lo: float | None = Field(
+        None, gt=0, description="blind match: lowest pixel scale (″/px); unset: 0.8 × the instrument profile's "
+                                "pixel scale, else STDWeb's 0.2. Formerly blind_scale_lower_arcsec (still accepted)")
+    blind_match_ps_up: float | None = Field(
+        None, gt=0, description="blind match: highest pixel scale (″/px); unset: 1.25 × the instrument profile's "
+                                "pixel scale, else STDWeb's 4. Formerly blind_scale_upper_arcsec (still accepted)")
     # simple transients
     simple_mag_diff: float = 2.0
     simple_max_candidates: int = Field(100, ge=0)
@@ -201,8 +278,53 @@ class PipelineSettings(Section):
     sub_detection_thresh: float = Field(3.0, gt=0)
     publish_images: bool = Field(False, description="also publish template, difference and error images")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _former_names(cls, data):
+        """Keys renamed for STDWeb parity: the former names are still accepted."""
+        if isinstance(data, dict):
+            for old, new in FORMER_PIPELINE_KEYS.items():
+                if old in data:
+                    data = dict(data)
+                    value = data.pop(old)
+                    if new in data and data[new] != value:
+                        raise ValueError(f"{old} is the former name of {new}: give one of them")
+                    data[new] = value
+        return data
+
+    @field_validator("targets", mode="before")
+    @classmethod
+    def _target_lines(cls, v):
+        if isinstance(v, str):  # STDWeb's `target`: one per line
+            return [line.strip() for line in v.splitlines() if line.strip()]
+        return v
+
+    @field_validator("time")
+    @classmethod
+    def _time(cls, v):
+        if v is not None:
+            parse_time_setting(v)
+        return v
+
+    @field_validator("crop")
+    @classmethod
+    def _crop(cls, v):
+        if v is not None:
+            parse_crop(v)
+        return v
+
+    @field_validator("mask_regions")
+    @classmethod
+    def _regions(cls, v):
+        for r in v:
+            if r[0] < 0 or r[2] < 0 or r[1] <= r[0] or r[3] <= r[2]:
+                raise ValueError(f"a mask region is [x0, x1, y0, y1] with 0 <= x0 < x1 and 0 <= y0 < y1, got {list(r)}")
+        return v
+
     @model_validator(mode="after")
     def _annulus(self):
+        if self.blind_match_ps_lo and self.blind_match_ps_up and self.blind_match_ps_up <= self.blind_match_ps_lo:
+            raise ValueError("blind_match_ps_up must be larger than blind_match_ps_lo")
         if self.rel_bg2 <= self.rel_bg1:
             raise ValueError("rel_bg2 must be larger than rel_bg1")
         return self
@@ -218,6 +340,14 @@ class CatalogSettings(Section):
                                           description="Vizier catalogues rejecting known objects")
     timeout_seconds: float = Field(60.0, gt=0)
     retries: int = Field(2, ge=0)
+    # STDWeb parity: target names (stdd/sources/names.py)
+    sesame_url: str = Field("https://cds.unistra.fr/cgi-bin/nph-sesame",
+                            description="CDS Sesame name resolver (Simbad, NED, VizieR) for target names")
+    tns_url: str = Field("https://www.wis-tns.org", description="Transient Name Server, asked for names Sesame "
+                                                             "does not know (/api/get/search, /api/get/object)")
+    tns_bot_id: int | None = Field(None, description="TNS bot id (TNS answers bots only); unset: TNS not asked")
+    tns_bot_name: str | None = Field(None, description="TNS bot name")
+    tns_api_key_env: str = Field("TNS_API_KEY", description="environment variable holding the TNS bot's API key")
 
 
 class TemplateSettings(Section):

@@ -7,8 +7,9 @@ linear flux, fixed header, float32), `mask.fits` (uint8 bit planes, see MASK_BIT
 Fixed STDWeb weaknesses: the instrument profile (chosen per frame, see stages/profiles.py; its
 name and why it was chosen are recorded) is consulted first for gain and saturation and
 the source of each value is recorded; an unknown filter is an error naming the header value; the
-time is mid-exposure; a header TARGET/OBJECT never switches the mode (targets come only from
-settings and alert regions).
+time is mid-exposure (`pipeline.time` overrides the start, recorded as "setting"); targets come
+from settings, else the header's TARGET/OBJECT, and alert regions (stages/targets.py); the user's
+crop, custom mask and background maps are in stages/frame_edits.py.
 
 Why this module is long: inspect is one pass over a frame in STDWeb's order (load, header fixes,
 gain and saturation with their sources, filter, time, masks, cosmic rays, WCS check, footprint,
@@ -17,7 +18,6 @@ target cutout), each step reading what the previous one decided; the reusable pa
 """
 from __future__ import annotations
 
-import re
 import warnings
 from pathlib import Path
 
@@ -25,7 +25,8 @@ import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS
 
-from . import filters
+from . import filters, frame_edits
+from . import targets as target_list
 from .base import StageError, StageSettings
 from .header import (FrameError, exposure_time, fix_header, linearize_ps1, load_first_image, number,
                      observation_start, parse_section, pointing_hint, GAIN_KEYWORDS)
@@ -33,7 +34,7 @@ from .products import guarded, StageRun, finite_or_none, read_json, write_fits, 
 
 STAGE = "inspect"
 
-MASK_BITS = {"nonfinite": 1, "saturated": 2, "bad_pixel": 4, "cosmic": 8, "outside_datasec": 16}
+MASK_BITS = {"nonfinite": 1, "saturated": 2, "bad_pixel": 4, "cosmic": 8, "outside_datasec": 16, "custom": 32}
 
 MAX_PIXSCALE_ARCSEC = 100.0
 CALIBRATED_STATE = "calibrate.json"  # written by the calibrate stage (stages/calibrate.py)
@@ -98,7 +99,12 @@ def _inspect(run: StageRun, settings: StageSettings):
     run.log(f"filter {band} ({filter_source})")
 
     # time
-    start, time_source = observation_start(header)
+    if p.time is not None:
+        from ..config.settings import parse_time_setting
+
+        start, time_source = parse_time_setting(p.time), "setting"
+    else:
+        start, time_source = observation_start(header)
     exptime, exp_key = exposure_time(header)
     if start is None:
         run.note("no usable observation time in the header (DATE-OBS, DATEOBS, MJD-OBS, MJD, JD, DATE)")
@@ -144,6 +150,19 @@ def _inspect(run: StageRun, settings: StageSettings):
             mask[outside] |= MASK_BITS["outside_datasec"]
             run.log(f"pixels outside {kw} {header[kw]} masked")
             break
+    try:  # the user's crop and mask (frame_edits)
+        box = frame_edits.crop_box(p.crop, image.shape)
+        custom = frame_edits.custom_mask(p.mask_regions, p.mask_file, image.shape, box)
+    except frame_edits.EditError as e:
+        raise StageError(f"{STAGE}: {e}") from None
+    if box is not None:
+        image, header = frame_edits.apply_crop(image, header, box)
+        mask, finite = frame_edits.cut(mask, box), frame_edits.cut(finite, box)
+        height, width = image.shape
+        run.note(f"cropped to {header['STDDCROP']} ({width}x{height} pixels), as the crop setting asks")
+    if custom.any():
+        mask[custom] |= MASK_BITS["custom"]
+        run.log(f"custom mask: {int(custom.sum())} pixels")
     n_cosmic = 0
     filled, bg = _background(image, mask > 0)  # one SEP background for both uses below
     fwhm_quick = _quick_fwhm(filled, bg, mask > 0)
@@ -177,9 +196,12 @@ def _inspect(run: StageRun, settings: StageSettings):
     elif prof is not None and prof.pixel_scale_arcsec:
         pixscale = prof.pixel_scale_arcsec
     hint_ra, hint_dec, hint_source = pointing_hint(header)
+    if p.blind_match_center:
+        hint_ra, hint_dec, hint_source = _blind_center(run, settings, hint_ra, hint_dec, hint_source)
 
     # targets
-    targets = parse_targets(run, p.targets, settings.regions, wcs, image.shape, settings.offline)
+    all_targets = target_list.collect(run, settings, settings.regions, wcs, image.shape, header)
+    targets = target_list.measurable(all_targets)
     if targets and wcs is not None:
         _target_cutout(run, image, header, wcs, targets[0])
 
@@ -190,6 +212,10 @@ def _inspect(run: StageRun, settings: StageSettings):
     big = run.product if p.publish_images else (lambda rel: run.folder / rel)
     write_fits(big("image.fits"), image.astype(np.float32), hdr)
     write_fits(big("mask.fits"), mask, _mask_header())
+    if p.inspect_bg:
+        back, rms = frame_edits.background_maps(bg, image.shape)
+        write_fits(run.product("background.fits"), back, hdr)
+        write_fits(run.product("background_rms.fits"), rms, hdr)
     state = {
         "band": band, "gain": gain, "saturation": sat, "time_start": time_start, "time_mid": time_mid,
         "exptime": exptime, "wcs_state": wcs_state, "ra": ra, "dec": dec, "radius_deg": radius,
@@ -208,7 +234,7 @@ def _inspect(run: StageRun, settings: StageSettings):
         "ra": ra, "dec": dec, "radius_deg": radius, "footprint": footprint,
         "pixscale_arcsec": finite_or_none(pixscale), "wcs_initial": wcs_state,
         "masked_fraction": round(masked, 6), "n_cosmics_pixels": n_cosmic,
-        "instrument": prof.name if prof else None,
+        "instrument": prof.name if prof else None, "target_outcomes": target_list.outcomes(all_targets),
         "instrument_profile": prof.name if prof else None, "instrument_profile_source": profile_source,
         "catalog_suggestion": filters.suggest_catalog(band, suggestion_dec) if suggestion_dec is not None else None,
         "template_suggestion": (filters.suggest_template(band, ra, dec) if ra is not None else None),
@@ -393,52 +419,20 @@ def frame_geometry(wcs: WCS, shape):
     return (float(ra) % 360, float(dec), max(d + [float(radius)]), float(sa.get_pixscale(wcs=wcs)) * 3600, corners)
 
 
-def parse_targets(run, names: list[str], regions, wcs, shape, offline: bool) -> list[dict]:
-    """Targets as [{name, ra, dec, x, y, region}]: settings first (the first is primary), then regions."""
-    from astropy.coordinates import SkyCoord
-    import astropy.units as u
+def _blind_center(run, settings, ra, dec, source):
+    """The blind-match centre from `pipeline.blind_match_center` ("RA Dec" or a name), else the header's."""
+    from ..sources import names
 
-    out = []
-    for text in names:
-        text = str(text).strip()
-        m = re.fullmatch(r"(?:(?P<name>[^=]+)=)?\s*(?P<a>[-+]?\d+(\.\d*)?)[\s,]+(?P<b>[-+]?\d+(\.\d*)?)\s*(?P<px>px|pix)?",
-                         text)
-        if m:
-            name = (m.group("name") or text).strip()
-            a, b = float(m.group("a")), float(m.group("b"))
-            if m.group("px"):
-                entry = {"name": name, "x": a, "y": b, "ra": None, "dec": None}
-                if wcs is not None:
-                    r, d = wcs.all_pix2world([a], [b], 0)
-                    entry.update(ra=float(r[0]), dec=float(d[0]))
-                out.append(entry)
-                continue
-            out.append({"name": name, "ra": a % 360, "dec": b})
-            continue
-        try:
-            c = SkyCoord(text, unit=(u.hourangle, u.deg))
-            out.append({"name": text, "ra": float(c.ra.deg), "dec": float(c.dec.deg)})
-            continue
-        except (ValueError, TypeError):
-            pass
-        if offline:
-            run.note(f"target {text!r} is a name, which cannot be resolved offline; not measured")
-            continue
-        try:
-            c = SkyCoord.from_name(text)
-            out.append({"name": text, "ra": float(c.ra.deg), "dec": float(c.dec.deg)})
-        except Exception as e:  # name resolution is an online service
-            run.note(f"target {text!r} not resolved: {type(e).__name__}: {e}")
-    for r in regions:
-        if r.forced_photometry:
-            out.append({"name": r.id, "ra": r.ra, "dec": r.dec, "region": r.id})
-    for t in out:
-        if wcs is not None and t.get("ra") is not None and "x" not in t:
-            x, y = wcs.all_world2pix([t["ra"]], [t["dec"]], 0)
-            t["x"], t["y"] = float(x[0]), float(y[0])
-        if "x" in t and t["x"] is not None:
-            t["inside"] = bool(0 <= t["x"] < shape[1] and 0 <= t["y"] < shape[0])
-    return out
+    t = target_list.parse_target(
+        settings.pipeline.blind_match_center, source="setting",
+        resolve_name=lambda n: names.resolve(n, settings.catalog, offline=settings.offline,
+                                             cache_dir=Path(settings.cache_dir)))
+    if t.get("ra") is None:
+        run.note(f"blind_match_center {settings.pipeline.blind_match_center!r} not resolved ({t['outcome']}); "
+                 "the header's pointing is used")
+        return ra, dec, source
+    run.log(f"blind-match centre RA {t['ra']:.5f} Dec {t['dec']:+.5f} (pipeline.blind_match_center)")
+    return t["ra"], t["dec"], "pipeline.blind_match_center"
 
 
 def _target_cutout(run, image, header, wcs, target):

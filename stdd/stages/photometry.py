@@ -31,6 +31,7 @@ from astropy.wcs import WCS
 from . import astrometry as astro
 from . import background
 from . import filters
+from . import targets as target_list
 from .base import StageError, StageSettings
 from .inspect import frame_geometry
 from .measure import measure
@@ -71,9 +72,10 @@ def _photometry(run: StageRun, settings: StageSettings):
     from stdpipe import photometry as sp
     from stdpipe import photometry_measure as spm
 
-    # pixels without data are hidden from detection; saturated cores and cosmic-ray hits stay visible
-    # (flagged through the mask, not fragmented or lost when a star is mistaken for a cosmic ray)
-    detect_mask = (bits & np.uint8(1 | 4 | 16)) > 0
+    # pixels without data (and the user's custom mask, 32) are hidden from detection; saturated cores and
+    # cosmic-ray hits stay visible (flagged through the mask, not fragmented or lost when a star is mistaken
+    # for a cosmic ray)
+    detect_mask = (bits & np.uint8(1 | 4 | 16 | 32)) > 0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         res = sp.get_objects_sextractor(image, mask=mask, mask_detect=detect_mask, thresh=p.detection_thresh,
@@ -196,6 +198,7 @@ def _photometry(run: StageRun, settings: StageSettings):
                  "catalog_source": catinfo["source"], "ra": ra0, "dec": dec0, "radius_deg": radius,
                  "match_radius_arcsec": catinfo["match_radius"], "zp": summary_zp["zp"],
                  "mag_limit": mag_limit, "footprint": footprint}
+    state_out["targets"] = targets  # as measured (centroided with centroid_targets), for later stages
     write_json(run.product("photometry.json"), state_out)
     background.submit(run, "photometry plots", _plots, run.folder, m, obj, cat, shape, fwhm_arcsec, p.sn,
                       zp_model is not None)
@@ -424,15 +427,18 @@ def _astrometry(run, settings, obj, header, state, fwhm, shape):
             raise StageError(f"{STAGE}: no usable WCS ({why}), and no pointing in the header to blind-match around")
     scale = _scale_range(settings, state, w0)
     if hint is not None:
-        cat = catalog_for(hint[0], hint[1], p.blind_radius_deg)
+        cat = catalog_for(hint[0], hint[1], p.blind_match_sr0)
     else:
         cat = catalog_for(None, None, None)
     if len(cat.table) < 10:
         raise StageError(f"{STAGE}: no usable WCS ({why}); blind matching impossible: only {len(cat.table)} "
                          f"catalogue stars around {_fmt_hint(hint)}")
     mag_col = astro.pick_mag_column(cat.table, state["band"])
+    run.log(f"blind match: {len(cat.table)} catalogue stars around {_fmt_hint(hint)} "
+            f"({state.get('hint_source') or 'no pointing'}), radius {p.blind_match_sr0:g} deg, "
+            f"pixel scale {scale[0]:g}-{scale[1]:g} arcsec/px")
     index_dir = run.folder / "astrometry_index"
-    w = astro.blind_solve(obj, cat.table, shape, mag_col=mag_col, hint=hint, radius_deg=p.blind_radius_deg,
+    w = astro.blind_solve(obj, cat.table, shape, mag_col=mag_col, hint=hint, radius_deg=p.blind_match_sr0,
                           scale_range=scale, folder=index_dir, tmpdir=run.tmpdir, log=run.log)
     import shutil
 
@@ -465,13 +471,11 @@ def _fmt_hint(hint):
 
 def _scale_range(settings, state, w0):
     p = settings.pipeline
-    if p.blind_scale_lower_arcsec and p.blind_scale_upper_arcsec:
-        return (p.blind_scale_lower_arcsec, p.blind_scale_upper_arcsec)
     prof = settings.instrument
-    if prof is not None and prof.pixel_scale_arcsec:
-        s = prof.pixel_scale_arcsec
-        return (0.8 * s, 1.25 * s)
-    return None
+    s = prof.pixel_scale_arcsec if prof is not None and prof.pixel_scale_arcsec else None
+    lo = p.blind_match_ps_lo or (0.8 * s if s else 0.2)  # STDWeb's 0.2-4 ″/px unless the profile knows
+    hi = p.blind_match_ps_up or (1.25 * s if s else 4.0)
+    return (lo, hi) if hi > lo else (hi, lo)
 
 
 def _final_catalog(run, settings, sol, shape, fwhm, cat, catalog_for):
@@ -630,6 +634,10 @@ def _targets(run, p, state, image, mask, gain, wcs, fwhm, aper, model, shape, se
     inside = [(t, x, y, ra, dec) for t, x, y, ra, dec in rows
               if np.isfinite(x) and 0 <= x < shape[1] and 0 <= y < shape[0]]
     measured = {}
+    if inside and p.centroid_targets:
+        inside = target_list.centroid(run, inside, image, mask, fwhm, wcs)
+        moved = {id(r[0]): r for r in inside}
+        rows = [moved.get(id(r[0]), r) for r in rows]
     if inside:
         tab = Table({"x": [r[1] for r in inside], "y": [r[2] for r in inside]})
         tab["flags"] = np.zeros(len(tab), np.int32)
@@ -641,7 +649,8 @@ def _targets(run, p, state, image, mask, gain, wcs, fwhm, aper, model, shape, se
     for t, x, y, ra, dec in rows:
         entry = {"name": t["name"], "ra": ra, "dec": dec, "x": x, "y": y, "mag": None, "mag_err": None,
                  "mag_limit": None, "snr": None, "flux": None, "flux_err": None, "flags": None,
-                 "region": t.get("region"), "inside": id(t) in measured}
+                 "region": t.get("region"), "inside": id(t) in measured, "source": t.get("source"),
+                 **{k: t[k] for k in ("x_orig", "y_orig", "centroid_offset_arcsec") if k in t}}
         r = measured.get(id(t))
         if r is not None:
             flux, err = float(r["flux"]), float(r["fluxerr"])
@@ -663,8 +672,14 @@ def _targets(run, p, state, image, mask, gain, wcs, fwhm, aper, model, shape, se
               names=("ra", "dec", "x", "y", "mag", "mag_err", "mag_limit", "snr", "flux", "flux_err"),
               dtype=[float] * 10)
     t.add_column([e["name"] for e in table_rows], name="name", index=0)
+    t["source"] = [e["source"] or "" for e in table_rows]
+    if p.centroid_targets:
+        for k in ("x_orig", "y_orig", "centroid_offset_arcsec"):
+            t[k] = [e.get(k, np.nan) for e in table_rows]
     write_table(run.product("targets.ecsv"), t)
+    write_table(run.product("target.vot"), t)  # STDWeb's product
     return out
+
 
 
 def _plots(folder: Path, m, obj, cat, shape, fwhm_arcsec, sn, calibrated: bool) -> tuple[list[str], list[str]]:

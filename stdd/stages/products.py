@@ -28,9 +28,10 @@ STAGES = ("calibrate", "inspect", "photometry", "transients", "subtraction")
 #: files (globs, relative to the frame folder) each stage owns
 OWNED: dict[str, tuple[str, ...]] = {
     "calibrate": ("calibrated.fits", "calibrated_err.fits", "calibrated_mask.fits", "calibrate.json"),
-    "inspect": ("image.fits", "mask.fits", "inspect.json", "image_target.fits", "plots/inspect_*"),
+    "inspect": ("image.fits", "mask.fits", "inspect.json", "image_target.fits", "plots/inspect_*",
+                "background.fits", "background_rms.fits"),
     "photometry": ("objects.fits", "catalog.fits", "image.wcs", "zeropoint.json", "photometry.json",
-                   "targets.ecsv", "objects.reg", "plots/photometry_*", "astrometry_index/*"),
+                   "targets.ecsv", "target.vot", "objects.reg", "plots/photometry_*", "astrometry_index/*"),
     "transients": ("candidates_simple.ecsv", "candidates_simple.reg", "transients.json", "cutouts/simple_*",
                    "plots/transients_*"),
     "subtraction": ("template.fits", "template_mask.fits", "diff.fits", "diff_err.fits", "sub/*",
@@ -45,7 +46,7 @@ KEYS: dict[str, tuple[str, ...]] = {
                 "gain_source", "saturation", "saturation_source", "width", "height", "ra", "dec",
                 "radius_deg", "footprint", "pixscale_arcsec", "wcs_initial", "masked_fraction",
                 "n_cosmics_pixels", "instrument", "instrument_profile", "instrument_profile_source",
-                "catalog_suggestion", "template_suggestion"),
+                "catalog_suggestion", "template_suggestion", "target_outcomes"),
     "photometry": ("fwhm_pixels", "fwhm_arcsec", "zp", "zp_err", "zp_scatter", "color_term", "color_term_err",
                    "color", "catalog_band", "catalog", "mag_limit", "mag_limit_sn", "n_objects",
                    "n_stars_calib", "wcs_rms_arcsec", "wcs_method", "wcs_n_matches", "objects_table",
@@ -119,7 +120,7 @@ def write_fits(path: Path, data, header=None) -> None:
 
 def write_table(path: Path, table) -> None:
     path = Path(path)
-    fmt = "ascii.ecsv" if path.suffix == ".ecsv" else "fits"
+    fmt = {".ecsv": "ascii.ecsv", ".vot": "votable"}.get(path.suffix, "fits")
     with atomic_path(path) as tmp:
         table.write(tmp, format=fmt, overwrite=True)
 
