@@ -101,7 +101,21 @@ def read_image(path: Path) -> tuple[np.ndarray, fits.Header]:
     return data.astype(np.float64), header
 
 
-def _template_from_file(path: Path, wcs: WCS, shape, method: str, tmpdir, log: Log, source: str) -> Template:
+def _template_from_file(path: Path, wcs: WCS, shape, method: str, tmpdir, log: Log, source: str,
+                        reuse_dir: Path | None = None) -> Template:
+    """The template file on the frame's grid. With `reuse_dir` (the frame's own folder), the
+    reprojection is kept there, keyed by the file (path, size, mtime), the frame's WCS, shape and
+    method, and reused by a rerun of the same frame (the reprojection is most of the template's
+    cost; nothing else depends on the file's content)."""
+    kept = _reused(path, wcs, shape, method, reuse_dir)
+    if kept is not None and kept.is_file():
+        try:
+            with fits.open(kept) as hdul:
+                data, hdr = np.asarray(hdul[0].data, dtype=np.float64), hdul[0].header
+            log(f"template reprojection reused from this frame's earlier run ({kept.name})")
+            return Template(data, source, gain=_float(hdr.get("TGAIN")), saturation=_float(hdr.get("TSATUR")))
+        except (OSError, ValueError, TypeError):
+            kept.unlink(missing_ok=True)
     image, header = read_image(path)
     hwcs = WCS(header)
     if not hwcs.has_celestial:
@@ -109,7 +123,36 @@ def _template_from_file(path: Path, wcs: WCS, shape, method: str, tmpdir, log: L
     out = reproject(image, header, wcs, shape, method=method, tmpdir=tmpdir, log=log)
     gain = _float(header.get("GAIN"))
     sat = _float(header.get("SATURATE"))
+    if kept is not None:
+        _keep_reprojection(kept, out, gain, sat)
     return Template(out, source, gain=gain, saturation=sat)
+
+
+def _reused(path: Path, wcs: WCS, shape, method: str, reuse_dir: Path | None) -> Path | None:
+    if reuse_dir is None:
+        return None
+    st = Path(path).stat()
+    key = key_of("reprojected", str(Path(path).resolve()), st.st_size, st.st_mtime_ns, tuple(shape), method,
+                 wcs.to_header_string(relax=True))
+    return Path(reuse_dir) / f"template-{key}.fits"
+
+
+def _keep_reprojection(dest: Path, data: np.ndarray, gain, sat) -> None:
+    """Write the reprojected template for a rerun (atomically; older ones of the frame removed)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    for old in dest.parent.glob("template-*.fits"):
+        old.unlink(missing_ok=True)
+    hdr = fits.Header()
+    if gain:
+        hdr["TGAIN"] = gain
+    if sat:
+        hdr["TSATUR"] = sat
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}")
+    try:
+        fits.writeto(tmp, data, hdr, overwrite=True)
+        os.replace(tmp, dest)
+    except OSError:
+        tmp.unlink(missing_ok=True)  # a rerun then reprojects again: nothing is lost
 
 
 def _float(v) -> float | None:
@@ -211,7 +254,7 @@ def overlap_fraction(corners_sky: list, wcs: WCS, shape) -> float:
 
 
 def local_template(folder: Path, band: str, wcs: WCS, shape, *, min_overlap: float, cache_dir: Path,
-                   method: str, tmpdir, log: Log) -> Template | None:
+                   method: str, tmpdir, log: Log, reuse_dir: Path | None = None) -> Template | None:
     if folder is None or not Path(folder).is_dir():
         return None
     entries, skipped = _index_folder(Path(folder), cache_dir, log)
@@ -229,7 +272,7 @@ def local_template(folder: Path, band: str, wcs: WCS, shape, *, min_overlap: flo
     scored.sort(reverse=True)
     _, _, f, path = scored[0]
     log(f"template library: {path} covers {100 * f:.0f}% of the frame")
-    t = _template_from_file(Path(path), wcs, shape, method, tmpdir, log, f"local:{path}")
+    t = _template_from_file(Path(path), wcs, shape, method, tmpdir, log, f"local:{path}", reuse_dir)
     t.notes.append(f"template {Path(path).name} from the local library covers {100 * f:.0f}% of the frame")
     if skipped:
         t.notes.append(f"{len(skipped)} file(s) of the template library could not be read: "
@@ -303,8 +346,10 @@ def survey_template(survey: str, band: str, wcs: WCS, shape, *, hips: str | None
 
 
 def get_template(settings, band: str, wcs: WCS, shape, *, offline: bool, cache_dir: Path,
-                 method: str = "swarp", tmpdir=None, file: Path | None = None, log: Log = print) -> Template | None:
-    """The template for a frame from the configured source, or None when the source has none."""
+                 method: str = "swarp", tmpdir=None, file: Path | None = None, log: Log = print,
+                 reuse_dir: Path | None = None) -> Template | None:
+    """The template for a frame from the configured source, or None when the source has none.
+    `reuse_dir`: the frame's folder, where a file template's reprojection is kept for a rerun."""
     src = "custom" if file else settings.source
     if src == "none":
         return None
@@ -314,10 +359,10 @@ def get_template(settings, band: str, wcs: WCS, shape, *, offline: bool, cache_d
             raise SourceError("custom", "template.source = 'custom' but template.file is not set")
         if not path.is_file():
             raise SourceError(f"custom:{path}", "template file not found")
-        return _template_from_file(path, wcs, shape, method, tmpdir, log, f"custom:{path}")
+        return _template_from_file(path, wcs, shape, method, tmpdir, log, f"custom:{path}", reuse_dir)
     if src == "local":
         return local_template(settings.folder, band, wcs, shape, min_overlap=settings.min_overlap,
-                              cache_dir=cache_dir, method=method, tmpdir=tmpdir, log=log)
+                              cache_dir=cache_dir, method=method, tmpdir=tmpdir, log=log, reuse_dir=reuse_dir)
     if src == "survey":
         return survey_template(settings.survey, band, wcs, shape, hips=settings.hips, offline=offline,
                                cache_dir=cache_dir, method=method, tmpdir=tmpdir,
