@@ -16,13 +16,11 @@ import asyncio
 import json
 import re
 import time
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from ..pipeline import RESULT_FILE
-from ..store import FrameStore
+from ..reports.coverage import candidates_inside, covering_frames
 from ..store.alerts import AlertStore
 from ..store.stats import Stats
 from .appkeys import KEY_DAEMON, KEY_READS
@@ -37,8 +35,6 @@ LIST_KEYS = ("id", "ivorn", "event_id", "mission", "instrument", "notice_type", 
 ALERT_STATES = ("live", "ignored", "retracted", "superseded", "expired", "cancel")
 MAX_OFFSET = 100_000
 TOPIC_RE = re.compile(r"[A-Za-z0-9._-]{1,249}")
-MAX_COVERING = 200
-MAX_CANDIDATES = 1000
 MOC_SHOWN = 2000
 
 
@@ -78,57 +74,6 @@ def _alert_list(reads, live: bool | None, state: str | None, since: float | None
             "next_offset": nxt}
 
 
-def _region_of(row: dict, forced_max: float):
-    from ..alerts.live_region import LiveRegion
-
-    region = row.get("region")
-    if not isinstance(region, dict):
-        return None
-    try:
-        return LiveRegion(row["id"], region, event_id=row.get("event_id"), mission=row.get("mission"),
-                          priority=row.get("priority") or 0, live_until=row.get("live_until"),
-                          forced_max_radius_deg=forced_max)
-    except Exception:  # noqa: BLE001 — an unusable stored region: show the alert without coverage
-        return None
-
-
-def _covers(region, frame: dict) -> bool:
-    try:
-        fp = frame.get("footprint")
-        if isinstance(fp, (dict, list)) and fp:
-            return bool(region.overlaps_footprint(fp))
-        if frame.get("ra") is not None and frame.get("dec") is not None:
-            return bool(region.overlaps(frame["ra"], frame["dec"], frame.get("radius") or 0.0))
-    except Exception:  # noqa: BLE001 — a malformed footprint covers nothing
-        return False
-    return False
-
-
-def _candidates_in(region, frame: dict) -> list[dict]:
-    out: list[dict] = []
-    for folder in (frame.get("result_dir"), frame.get("work_dir")):
-        if not folder:
-            continue
-        try:
-            result = json.loads((Path(folder) / RESULT_FILE).read_text())
-        except (OSError, ValueError):
-            continue
-        for kind in ("candidates_simple", "candidates_sub"):
-            for cand in result.get(kind) or []:
-                if not isinstance(cand, dict):
-                    continue
-                ra = cand.get("ra", cand.get("RA"))
-                dec = cand.get("dec", cand.get("Dec", cand.get("DEC")))
-                try:
-                    inside = region.contains(float(ra), float(dec))
-                except (TypeError, ValueError):
-                    continue
-                if inside:
-                    out.append({"frame_id": frame["id"], "kind": kind.split("_", 1)[1], **cand})
-        break
-    return out
-
-
 def _alert_detail(reads, alert_id: str, settings, full: bool) -> dict | None:
     db = reads.db()
     store = AlertStore(db)
@@ -144,24 +89,10 @@ def _alert_detail(reads, alert_id: str, settings, full: bool) -> dict | None:
     alert = {k: v for k, v in row.items() if k not in ("region", "skymap", "parsed")}
     if full:
         alert["parsed"] = row.get("parsed")
-    live = _region_of(row, settings.alerts.forced_photometry_max_radius_deg)
-    frames: dict[int, dict] = {f["id"]: f for f in FrameStore(db).list(alert_id=alert_id, limit=MAX_COVERING)}
-    if live is not None:
-        received = row.get("received_at") or time.time()
-        t0 = received - settings.alerts.visibility_window_hours * 3600
-        t1 = max(row.get("live_until") or 0, received + settings.alerts.live_hours * 3600)
-        for f in Stats(db).frames_with_position(t0, t1):
-            if f["id"] not in frames and len(frames) < MAX_COVERING and _covers(live, f):
-                frames[f["id"]] = f
-    candidates: list[dict] = []
-    if live is not None:
-        for f in frames.values():
-            candidates.extend(_candidates_in(live, f))
-            if len(candidates) >= MAX_CANDIDATES:
-                candidates = candidates[:MAX_CANDIDATES]
-                break
+    live, frames = covering_frames(db, row, settings)
+    candidates = candidates_inside(live, frames)
     return {"alert": alert, "region": shown_region, "actions": store.actions_for_alert(alert_id),
-            "frames": sorted(frames.values(), key=lambda f: -f["id"]), "candidates": candidates}
+            "frames": frames, "candidates": candidates}
 
 
 # -- handlers -----------------------------------------------------------------------------
