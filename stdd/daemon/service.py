@@ -89,6 +89,10 @@ class Daemon:
         self.instance_lock = InstanceLock(self.db_path)
         self.status_line_text = "starting"
         self._background: set[asyncio.Task] = set()
+        #: callables `(frame, result)` run on the database thread inside the transaction that
+        #: records a frame as done (recording.py): what must happen with the frame's end or not
+        #: at all (the delivery outbox, stdd/delivery/)
+        self.finish_hooks: list = []
 
     # =====================================================================================
     # API (for the endpoint and other in-process callers; call on the event loop's thread)
