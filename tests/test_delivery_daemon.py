@@ -1,0 +1,106 @@
+"""The daemon delivers: a frame done → its target's photometry reaches SkyPortal (a local
+receiver checking SkyPortal's API rules). With the receiver down, the item is retried with
+backoff and every attempt recorded; across a daemon restart nothing is lost, and once the
+receiver is back the payload arrives, once."""
+from __future__ import annotations
+
+import pytest
+
+from daemon_harness import DaemonProcess, config_text
+from pool_stages import write_frame
+from skyportal_receiver import SkyPortalReceiver, free_port
+from stdd.store import Database, EventLog, Outbox
+
+
+def deliveries(daemon: DaemonProcess) -> list[dict]:
+    with Database(daemon.db_path, readonly=True) as db:
+        return Outbox(db).list()
+
+
+def events(daemon: DaemonProcess) -> list[dict]:
+    with Database(daemon.db_path, readonly=True) as db:
+        return EventLog(db).recent(200, kind_prefix="delivery.")
+
+
+@pytest.mark.timeout(240)
+def test_frame_done_payload_arrives_after_receiver_down_and_restart(tmp_path):
+    port = free_port()
+    (tmp_path / "sp.token").write_text("sp-token\n")
+    config = config_text().replace("pool_stages:quick", "delivery_stages:measured") + f"""
+[delivery]
+backoff_seconds = 0.5
+backoff_max_seconds = 1.0
+poll_seconds = 0.2
+[delivery.skyportal]
+url = "http://127.0.0.1:{port}"
+token_file = "sp.token"
+instrument_id = 7
+group_ids = [2]
+"""
+    daemon = DaemonProcess(tmp_path, config).start()
+    try:
+        write_frame(daemon.incoming / "f1.fits", "f1", T_TARGET="SN2026dmn", T_RA=45.5, T_DEC=-20.25,
+                    T_MAG=17.75, T_MAGERR=0.04, T_TIME="2026-03-01T02:24:00")
+        (frame,) = daemon.wait_terminal(1)
+        assert frame["state"] == "done"
+        daemon.wait(lambda: deliveries(daemon) and deliveries(daemon)[0]["attempts"] >= 3, 60,
+                    "three failed attempts")
+        (row,) = deliveries(daemon)
+        assert row["state"] == "pending" and row["target"] == "skyportal" and row["frame_id"] == frame["id"]
+        assert "ConnectionError" in row["error"]
+        retries = [e for e in events(daemon) if e["kind"] == "delivery.retry"]
+        assert len(retries) >= 3 and retries[0]["frame_id"] == frame["id"]
+        assert daemon.stop() == 0
+    finally:
+        if daemon.proc.poll() is None:
+            daemon.kill()
+
+    receiver = SkyPortalReceiver().start(port)
+    try:
+        daemon = DaemonProcess(tmp_path).start()
+        daemon.wait(lambda: deliveries(daemon)[0]["state"] == "sent", 60, "the delivery to be sent")
+        (row,) = deliveries(daemon)
+        assert row["attempts"] >= 4 and row["error"] is None and row["response"]["obj_id"] == "SN2026dmn"
+        assert receiver.rejected == []
+        (phot,) = receiver.photometry
+        assert phot["obj_id"] == "SN2026dmn" and phot["filter"] == "sdssr" and phot["group_ids"] == [2]
+        assert phot["mag"] == pytest.approx(17.75) and phot["mjd"] == pytest.approx(61100.1)
+        assert [e["kind"] for e in events(daemon)].count("delivery.sent") == 1
+        cli = daemon.cli("delivery", "list", "--json")
+        assert cli.returncode == 0 and '"state": "sent"' in cli.stdout
+        assert daemon.stop() == 0
+    finally:
+        if daemon.proc.poll() is None:
+            daemon.kill()
+        receiver.stop()
+
+
+def test_cli_lists_and_retries_failed_items(tmp_path):
+    import subprocess
+    import sys
+
+    from daemon_harness import ROOT, TESTS
+
+    (tmp_path / "stdd.toml").write_text('[paths]\nvar = "var"\ndatabase = "var/stdd.sqlite"\n')
+    with Database(tmp_path / "var" / "stdd.sqlite") as db:
+        outbox = Outbox(db)
+        a = outbox.enqueue("skyportal", "photometry", "k1", {"name": "x"})
+        b = outbox.enqueue("notify:ops", "candidates", "k2", {"title": "t"})
+        outbox.record(a, "failed", http_status=400, error="Invalid filter")
+        outbox.record(b, "sent")
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "stdd", "--config", str(tmp_path / "stdd.toml"), "delivery", *args],
+                              capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                              env={**__import__("os").environ, "PYTHONPATH": f"{TESTS}:{ROOT}"})
+
+    out = cli("list")
+    assert out.returncode == 0, out.stderr
+    assert "failed 1" in out.stdout and "sent 1" in out.stdout and "error: Invalid filter" in out.stdout
+    out = cli("retry")
+    assert out.returncode == 0 and "1 item(s) queued again" in out.stdout
+    with Database(tmp_path / "var" / "stdd.sqlite", readonly=True) as db:
+        row = Outbox(db).get(a)
+        assert row["state"] == "pending" and row["attempts"] == 0
+        assert Outbox(db).get(b)["state"] == "sent"
+        assert EventLog(db).recent(5, kind_prefix="delivery.requeued")
