@@ -15,7 +15,7 @@ from skyportal_receiver import free_port
 from stdd.config.load import settings_from_dict
 from stdd.daemon import Daemon
 from stdd.delivery import notify_confirmed_candidates
-from stdd.delivery.notify import plan
+from stdd.delivery.channels import plan
 from stdd.delivery.sender import DeliveryService, send_message
 from stdd.store import Outbox
 from test_daemon_api import Running, make_settings, until
@@ -129,3 +129,28 @@ async def test_crash_loop_is_told_once(smtp, tmp_path):
         assert len(smtp.messages) == 1
         assert smtp.messages[0]["Subject"] == "stdd trouble: crash_loop"
         assert "crash loop" in smtp.bodies()[0]
+
+
+def test_an_acted_on_alert_is_queued_with_its_action_and_mailed(smtp, tmp_path):
+    from stdd.alerts import AlertService, IntakeMessage
+    from stdd.alerts.latency import swift_voevent
+    from stdd.store import Database
+
+    settings = settings_from_dict({
+        "alerts": {"enabled": True, "rules": [{"require_visible": False, "priority": 5, "actions": ["req"]}],
+                   "actions": {"req": {"kind": "request_file", "folder": "requests"}}},
+        "delivery": {"notify": channel(smtp, events=["alert_acted"])}}, base=tmp_path)
+    db = Database(tmp_path / "stdd.sqlite")
+    service = AlertService(db, settings)
+    try:
+        out = service.handle(IntakeMessage(swift_voevent(2002, ra=30.0, dec=-10.0),
+                                           "gcn.classic.voevent.SWIFT_BAT_GRB_POS_ACK", 0, 1))
+        out.wait(30)
+        (item,) = Outbox(db).list()
+        assert item["target"] == "notify:ops" and item["kind"] == "alert_acted" and item["alert_id"] == out.alert_id
+        assert item["payload"]["data"]["state"] == "done"
+        assert send_message(settings, "notify:ops", [item]).ok
+        assert out.alert_id in smtp.messages[0]["Subject"]
+    finally:
+        service.close()
+        db.close()

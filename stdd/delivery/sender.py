@@ -21,7 +21,7 @@ import time
 from typing import TYPE_CHECKING
 
 from ..store import Outbox
-from . import notify as notify_mod
+from . import channels as notify_mod
 from .common import DeliveryError, Outcome
 from .enqueue import enqueue_frame, notify
 

@@ -9,7 +9,7 @@ events) in one transaction.
 
 States: `pending` (waiting for `next_try`), `sent`, `failed` (gave up after the configured
 attempts; `stdd delivery retry` puts it back), `held` (a notification folded into a later summary
-message: sent with it, see stdd/delivery/notify.py).
+message: sent with it, see stdd/delivery/channels.py).
 """
 from __future__ import annotations
 
