@@ -104,3 +104,31 @@ def test_cli_lists_and_retries_failed_items(tmp_path):
         assert row["state"] == "pending" and row["attempts"] == 0
         assert Outbox(db).get(b)["state"] == "sent"
         assert EventLog(db).recent(5, kind_prefix="delivery.requeued")
+
+
+async def test_a_failing_finish_hook_is_undone_alone(tmp_path, caplog):
+    """A finish hook's writes join the frame's end; a hook that raises is rolled back to its
+    savepoint and the frame's end is recorded all the same."""
+    from stdd.daemon import Daemon
+    from test_daemon_api import Running, make_settings, until
+
+    s = make_settings(tmp_path)
+    daemon = Daemon(s)
+    seen = []
+
+    def good(frame, result):
+        Outbox(daemon.db).enqueue("skyportal", "photometry", f"good:{frame['id']}", {"ok": True},
+                                  frame_id=frame["id"])
+        seen.append(frame["id"])
+
+    def bad(frame, result):
+        Outbox(daemon.db).enqueue("skyportal", "photometry", f"bad:{frame['id']}", {"ok": False})
+        raise ValueError("a bug in a hook")
+
+    daemon.finish_hooks += [good, bad]
+    async with Running(daemon) as d:
+        write_frame(tmp_path / "in" / "a.fits", "a")
+        await until(lambda: d.frames.list() and d.frames.list()[0]["state"] == "done", 60)
+        rows = await d.gate.run(Outbox(d.db).list)
+    assert [r["key"] for r in rows] == [f"good:{seen[0]}"]
+    assert "finish hook" in caplog.text and "a bug in a hook" in caplog.text

@@ -253,6 +253,10 @@ class Daemon:
         self.frames = FrameStore(self.db)
         self.events = EventLog(self.db)
         self.profiles = load_profiles(s)
+        for svc in self.services:  # before any frame can end: a service's finish hook sees them all
+            attach = getattr(svc, "attach", None)
+            if callable(attach):
+                attach(self)
         await self.gate.run(outcomes.recover, self.frames, s, self.spool)
         if self.pool is None:
             self.pool = make_executor(s.pool)

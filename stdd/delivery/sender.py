@@ -90,10 +90,15 @@ class DeliveryService:
         self.sent = 0
 
     # -- life cycle ----------------------------------------------------------------------
-    async def start(self, daemon: "Daemon") -> None:
+    def attach(self, daemon: "Daemon") -> None:
+        """Called by the daemon once its database is open, before any frame can end."""
         self.d = daemon
         self.outbox = Outbox(daemon.db)
-        daemon.finish_hooks.append(self.on_frame_done)
+        if self.on_frame_done not in daemon.finish_hooks:
+            daemon.finish_hooks.append(self.on_frame_done)
+
+    async def start(self, daemon: "Daemon") -> None:
+        self.attach(daemon)
         stall = max(daemon.settings.daemon.loop_stall_seconds, 3 * self._settings().delivery.poll_seconds)
         daemon.supervisor.start("delivery", self.iteration, stall)
         daemon.supervisor.start("delivery-trouble", self.trouble_iteration,
