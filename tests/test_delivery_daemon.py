@@ -36,6 +36,7 @@ url = "http://127.0.0.1:{port}"
 token_file = "sp.token"
 instrument_id = 7
 group_ids = [2]
+filter_ids = [1]
 """
     daemon = DaemonProcess(tmp_path, config).start()
     try:

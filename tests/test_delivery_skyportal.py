@@ -120,3 +120,25 @@ def test_mjd():
     assert mjd_of("2026-03-01T00:00:00") == 61100.0
     assert mjd_of("1858-11-17T12:00:00Z") == 0.5
     assert mjd_of(None) is None and mjd_of("not a time") is None
+
+
+def test_incomplete_settings_are_config_errors(tmp_path, config_file):
+    from stdd.config import ConfigError, load_settings
+
+    path = config_file('[delivery.skyportal]\nurl = "https://fritz.example"\nfilter_ids = [1]\n')
+    with pytest.raises(ConfigError) as e:
+        load_settings(path)
+    assert any("delivery.skyportal" in line and "instrument_id" in line for line in e.value.errors)
+    path = config_file('[delivery.skyportal]\nurl = "https://fritz.example"\ninstrument_id = 3\n')
+    with pytest.raises(ConfigError, match="filter_ids"):
+        load_settings(path)
+    path = config_file('[delivery.tom]\nurl = "https://tom.example"\n')
+    with pytest.raises(ConfigError, match="username"):
+        load_settings(path)
+    path = config_file('[delivery.notify.ops]\nurls = ["json://localhost"]\nevents = ["everything"]\n')
+    with pytest.raises(ConfigError, match="events"):
+        load_settings(path)
+    path = config_file('[delivery.skyportal]\nurl = "https://fritz.example"\ninstrument_id = 3\ncandidates = false\n'
+                       'tokn_file = "x"\n')
+    with pytest.raises(ConfigError, match="tokn_file"):
+        load_settings(path)

@@ -424,6 +424,16 @@ class SkyPortalSettings(Section):
                                                                     "(required by POST /api/candidates)")
     timeout_seconds: float = Field(30.0, gt=0)
 
+    @model_validator(mode="after")
+    def _complete(self):
+        if self.url:
+            if self.instrument_id is None:
+                raise ValueError("instrument_id is required when url is set (SkyPortal's id of this camera)")
+            if self.candidates and not self.filter_ids:
+                raise ValueError("filter_ids is required when url is set and candidates = true "
+                                 "(POST /api/candidates needs them; or set candidates = false)")
+        return self
+
 
 class TomSettings(Section):
     """Delivery to a TOM Toolkit instance (stdd/delivery/tom.py, docs/delivery.md)."""
@@ -435,6 +445,12 @@ class TomSettings(Section):
     token_file: Path | None = Field(None, description="file holding a REST framework token (instead of basic auth)")
     match_radius_arcsec: float = Field(2.0, gt=0, description="a target is matched by position within this")
     timeout_seconds: float = Field(30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _credentials(self):
+        if self.url and not self.token_file and not self.username:
+            raise ValueError("username (with password_file or password_env) or token_file is required when url is set")
+        return self
 
 
 NotifyEvent = Literal["candidates", "alert_acted", "daemon_trouble"]
