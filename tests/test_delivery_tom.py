@@ -81,3 +81,34 @@ def test_tom_down_is_retryable_and_bad_credentials_are_not(tom, tmp_path):
     assert not down.ok and down.retryable
     wrong = send_item(settings_for(tom.url, tmp_path, password="wrong"), item(it))
     assert not wrong.ok and not wrong.retryable and wrong.http_status in (401, 403)
+
+
+async def test_daemon_frame_done_reaches_the_tom(tom, tmp_path):
+    import asyncio
+
+    from pool_stages import write_frame
+    from stdd.daemon import Daemon
+    from stdd.delivery.sender import DeliveryService
+    from stdd.store import Outbox
+    from test_daemon_api import Running, make_settings
+
+    (tmp_path / "tom.pw").write_text(PASSWORD)
+    s = make_settings(tmp_path, pool={"stage_functions": {"inspect": "pool_stages:behave",
+                                                          "photometry": "delivery_stages:measured"}},
+                      delivery={"poll_seconds": 0.2,
+                                "tom": {"url": tom.url, "username": USER, "password_file": "tom.pw"}})
+    async with Running(Daemon(s, services=[DeliveryService()])) as d:
+        write_frame(tmp_path / "in" / "t.fits", "t", T_TARGET="AT2026daemon", T_RA=200.5, T_DEC=10.75,
+                    T_MAG=18.25, T_MAGERR=0.05, T_TIME="2026-03-03T01:00:00")
+
+        async def sent():
+            rows = await d.gate.run(Outbox(d.db).list)
+            return rows and rows[0]["state"] == "sent"
+
+        deadline = asyncio.get_running_loop().time() + 60
+        while not await sent():
+            assert asyncio.get_running_loop().time() < deadline, "not sent within 60 s"
+            await asyncio.sleep(0.2)
+    (target,) = await asyncio.to_thread(api, tom, "/api/targets/", name="AT2026daemon")
+    (datum,) = await asyncio.to_thread(api, tom, "/api/reduceddatums/", target__id=target["id"])
+    assert datum["value"]["brightness"] == pytest.approx(18.25) and datum["value"]["bandpass"] == "r"
