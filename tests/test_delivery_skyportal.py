@@ -75,7 +75,9 @@ def test_candidate_with_cutout(receiver, tmp_path):
 
     (tmp_path / "res" / "cutouts").mkdir(parents=True)
     plt.imsave(tmp_path / "res" / "cutouts" / "sub_001.png", np.random.default_rng(1).random((32, 32)))
-    settings = settings_for(receiver.url, tmp_path)
+    settings = settings_for(receiver.url, tmp_path, candidates="all")
+    assert frame_items(settings_for(receiver.url, tmp_path), FRAME, dict(RESULT, targets=[], candidates_sub=[
+        {"id": "sub_001", "ra": 150.25, "dec": -12.5, "mag": 18.7}])) == []  # default: confirmed ones only
     result = dict(RESULT, targets=[], candidates_sub=[
         {"id": "sub_001", "ra": 150.25, "dec": -12.5, "mag": 18.7, "mag_err": 0.08, "cutout": "cutouts/sub_001.png"}])
     items = frame_items(settings, dict(FRAME, result_dir=str(tmp_path / "res")), result)
@@ -138,7 +140,29 @@ def test_incomplete_settings_are_config_errors(tmp_path, config_file):
     path = config_file('[delivery.notify.ops]\nurls = ["json://localhost"]\nevents = ["everything"]\n')
     with pytest.raises(ConfigError, match="events"):
         load_settings(path)
-    path = config_file('[delivery.skyportal]\nurl = "https://fritz.example"\ninstrument_id = 3\ncandidates = false\n'
+    path = config_file('[delivery.skyportal]\nurl = "https://fritz.example"\ninstrument_id = 3\ncandidates = "none"\n'
                        'tokn_file = "x"\n')
     with pytest.raises(ConfigError, match="tokn_file"):
         load_settings(path)
+
+
+def test_confirmed_candidates_go_to_skyportal_and_the_channels(receiver, tmp_path):
+    from stdd.delivery import notify_confirmed_candidates
+    from stdd.store import Database, Outbox
+
+    settings = settings_for(receiver.url, tmp_path, candidates="confirmed")
+    settings.delivery.notify = {"ops": {"urls": ["json://127.0.0.1:9/"]}}
+    cands = [{"name": "c1", "ra": 33.3, "dec": 44.4, "mag": 19.1, "mag_err": 0.1, "filter": "g",
+              "time_mid": "2026-03-01T12:00:00"},
+             {"name": "c2", "ra": 33.5, "dec": 44.4}]  # no photometry: told, not posted
+    with Database(tmp_path / "db.sqlite") as db:
+        outbox = Outbox(db)
+        with db.write():
+            assert notify_confirmed_candidates(outbox, settings, cands) == 2
+        assert notify_confirmed_candidates(outbox, settings, cands) == 0  # once only
+        rows = {r["target"]: r for r in outbox.list()}
+    assert set(rows) == {"skyportal", "notify:ops"} and rows["notify:ops"]["kind"] == "candidates"
+    out = send_item(settings, item("skyportal", "candidate", rows["skyportal"]["key"], rows["skyportal"]["payload"]))
+    assert out.ok, out.error
+    assert receiver.rejected == [] and list(receiver.candidates) == ["STDDJ021312.00+442400.0"]
+    assert receiver.photometry[0]["filter"] == "sdssg" and receiver.photometry[0]["mjd"] == pytest.approx(61100.5)

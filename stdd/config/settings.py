@@ -417,7 +417,10 @@ class SkyPortalSettings(Section):
         default_factory=dict, description="stdd band -> SkyPortal bandpass, beside the built-in table "
                                           "(stdd/delivery/bands.py)")
     magsys: Literal["ab", "vega"] = Field("ab", description="magnitude system of the reported magnitudes")
-    candidates: bool = Field(True, description="post transient candidates (with cutouts) beside the photometry")
+    candidates: Literal["confirmed", "all", "none"] = Field(
+        "confirmed", description="which transient candidates are posted (with their cutouts): those the candidate "
+                                 "store confirms (`stdd.delivery.notify_confirmed_candidates`), every difference-"
+                                 "image candidate of every frame, or none")
     match_radius_arcsec: float = Field(2.0, gt=0, description="a target or candidate is matched to an existing "
                                                               "SkyPortal source within this radius")
     filter_ids: list[int] = Field(default_factory=list, description="SkyPortal filter ids candidates pass "
@@ -429,9 +432,9 @@ class SkyPortalSettings(Section):
         if self.url:
             if self.instrument_id is None:
                 raise ValueError("instrument_id is required when url is set (SkyPortal's id of this camera)")
-            if self.candidates and not self.filter_ids:
-                raise ValueError("filter_ids is required when url is set and candidates = true "
-                                 "(POST /api/candidates needs them; or set candidates = false)")
+            if self.candidates != "none" and not self.filter_ids:
+                raise ValueError("filter_ids is required when url is set and candidates are posted "
+                                 "(POST /api/candidates needs them; or set candidates = \"none\")")
         return self
 
 
