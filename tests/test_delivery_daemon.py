@@ -133,3 +133,17 @@ async def test_a_failing_finish_hook_is_undone_alone(tmp_path, caplog):
         rows = await d.gate.run(Outbox(d.db).list)
     assert [r["key"] for r in rows] == [f"good:{seen[0]}"]
     assert "finish hook" in caplog.text and "a bug in a hook" in caplog.text
+
+
+def test_outbox_prune_keeps_pending_and_failed(tmp_path):
+    import time
+
+    with Database(tmp_path / "db.sqlite") as db:
+        outbox = Outbox(db)
+        ids = [outbox.enqueue("tom", "photometry", f"k{i}", {}) for i in range(4)]
+        outbox.record(ids[0], "sent")
+        outbox.record(ids[1], "failed", error="x")
+        outbox.record(ids[2], "sent")
+        assert outbox.prune(time.time() - 3600) == 0  # all too young
+        assert outbox.prune(time.time() + 1) == 2
+        assert sorted(r["state"] for r in outbox.list()) == ["failed", "pending"]

@@ -484,6 +484,8 @@ class DeliverySettings(Section):
     poll_seconds: float = Field(5.0, gt=0, description="how often the sender looks for due items")
     trouble_check_seconds: float = Field(60.0, gt=0, description="how often the daemon's health is checked for "
                                                                  "trouble worth a notification")
+    keep_days: float = Field(30.0, ge=0, description="sent items older than this are deleted from the outbox "
+                                                     "(0 = kept for ever; pending and failed ones always stay)")
 
     @property
     def enabled(self) -> bool:

@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("stdd.delivery")
 
+#: seconds between two prunings of old sent items (`keep_days`)
+PRUNE_EVERY = 3600.0
+
 
 def backoff(settings, attempts: int) -> float:
     """Seconds before the next attempt after `attempts` failed ones."""
@@ -88,6 +91,7 @@ class DeliveryService:
         self._trouble: set[str] = set()
         self._direct_sent: dict[str, float] = {}
         self.sent = 0
+        self._pruned_at = -PRUNE_EVERY
 
     # -- life cycle ----------------------------------------------------------------------
     def attach(self, daemon: "Daemon") -> None:
@@ -134,6 +138,12 @@ class DeliveryService:
         if due:
             await self._send(due, settings)
         self._counts = await d.gate.run(self.outbox.counts)
+        keep = settings.delivery.keep_days
+        if keep > 0 and time.monotonic() - self._pruned_at > PRUNE_EVERY:
+            self._pruned_at = time.monotonic()
+            n = await d.gate.run(self.outbox.prune, time.time() - keep * 86400.0)
+            if n:
+                log.info("outbox: %d sent item(s) older than %g days deleted", n, keep)
         if not due:
             await self._wait(settings.delivery.poll_seconds)
 

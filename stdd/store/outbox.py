@@ -146,5 +146,13 @@ class Outbox:
                          (now, f"{n} delivery item(s) queued again", json.dumps({"ids": ids})))
             return n
 
+    def prune(self, before: float, limit: int = 2000) -> int:
+        """Delete up to `limit` sent or held items last changed before `before` (one short
+        transaction); pending and failed items stay whatever their age. Returns how many."""
+        with self.db.write() as conn:
+            cur = conn.execute("DELETE FROM deliveries WHERE id IN (SELECT id FROM deliveries WHERE state IN"
+                               " ('sent', 'held') AND updated_at < ? ORDER BY updated_at LIMIT ?)", (before, limit))
+            return cur.rowcount
+
     def counts(self) -> dict[str, int]:
         return {r["state"]: r["n"] for r in self.db.query("SELECT state, COUNT(*) AS n FROM deliveries GROUP BY state")}
