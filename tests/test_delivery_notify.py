@@ -111,7 +111,11 @@ async def test_rate_limit_summarises_and_holds_nothing_lost(smtp, tmp_path):
         assert waiting["next_try"] > time.time() and waiting["attempts"] == 0
         await until(lambda: len(smtp.messages) == 3, 20)
         assert "AT6" in smtp.bodies()[2]
-        events = await d.gate.run(d.events.recent, 50, None, None, "delivery.")
+        for _ in range(100):  # the mail is in; its record follows the send
+            events = await d.gate.run(d.events.recent, 50, None, None, "delivery.")
+            if sum(e["kind"] == "delivery.sent" for e in events) == 3:
+                break
+            await asyncio.sleep(0.1)
         assert sum(e["kind"] == "delivery.sent" for e in events) == 3
 
 

@@ -155,14 +155,33 @@ class DeliveryService:
 
     async def _send(self, due: list[dict], settings) -> None:
         channels: dict[str, list[dict]] = {}
+        down: dict[str, tuple[float, str]] = {}  # target → (when its failed item is tried again, why)
         for item in due:
-            if item["target"].startswith("notify:"):
-                channels.setdefault(item["target"], []).append(item)
+            target = item["target"]
+            if target.startswith("notify:"):
+                channels.setdefault(target, []).append(item)
                 continue
-            outcome = await asyncio.to_thread(send_item, settings, item)
-            await self._record(item, outcome, settings)
+            if target in down:
+                # the receiver just failed: its other items wait with it, no attempt counted
+                # (a host that times out must not hold the loop for every item in turn)
+                await self.d.gate.write_until_done(f"{target} postpone", self.outbox.postpone, [item["id"]],
+                                                   down[target][0], f"waiting: {down[target][1]}", beat=self._beat)
+                continue
+            outcome = await self._in_thread(send_item, settings, item)
+            next_try = await self._record(item, outcome, settings)
+            if not outcome.ok and outcome.retryable and next_try is not None:
+                down[target] = (next_try, f"{target} failed on item {item['id']}: {outcome.error}")
         for target, items in channels.items():
             await self._send_channel(target, items, settings)
+
+    async def _in_thread(self, fn, *args):
+        """`fn(*args)` in a worker thread, beating while it runs (a slow receiver is waiting, not a hang)."""
+        task = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=1.0)
+            self._beat()
+            if done:
+                return task.result()
 
     async def _send_channel(self, target: str, items: list[dict], settings) -> None:
         gate = self.d.gate
@@ -184,10 +203,11 @@ class DeliveryService:
                                         later, beat=self._beat)
             return
         for group in messages:
-            outcome = await asyncio.to_thread(send_message, settings, target, group)
+            outcome = await self._in_thread(send_message, settings, target, group)
             await self._record(group[0], outcome, settings)
 
-    async def _record(self, item: dict, outcome: Outcome, settings) -> None:
+    async def _record(self, item: dict, outcome: Outcome, settings) -> float | None:
+        """Record one attempt's outcome; returns when the item is tried again (None: not)."""
         attempts = (item.get("attempts") or 0) + 1
         if outcome.ok:
             result, next_try = "sent", None
@@ -206,6 +226,7 @@ class DeliveryService:
             f"delivery {item['id']} outcome", self.outbox.record, item["id"], result,
             http_status=outcome.http_status, error=outcome.error, response=outcome.response, next_try=next_try,
             held_ids=outcome.held if outcome.ok else (), beat=self._beat)
+        return next_try
 
     def _beat(self) -> None:
         self.d.supervisor.beat("delivery")

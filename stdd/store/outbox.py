@@ -104,14 +104,15 @@ class Outbox:
                              "attempts": attempts, "http_status": http_status, "held": list(held_ids),
                              "next_try": next_try if state == "pending" else None})))
 
-    def postpone(self, ids: list[int], next_try: float) -> None:
-        """Items waiting for room (a channel's rate limit): due again at `next_try`, no attempt counted."""
+    def postpone(self, ids: list[int], next_try: float, why: str | None = None) -> None:
+        """Items waiting (for a channel's rate limit, or with another item of a receiver that just
+        failed): due again at `next_try`, no attempt counted; `why` goes in their error column."""
         if not ids:
             return
         marks = ",".join("?" * len(ids))
         with self.db.write() as conn:
-            conn.execute(f"UPDATE deliveries SET next_try = ?, updated_at = ? WHERE state = 'pending'"
-                         f" AND id IN ({marks})", (next_try, time.time(), *ids))
+            conn.execute(f"UPDATE deliveries SET next_try = ?, updated_at = ?, error = COALESCE(?, error)"
+                         f" WHERE state = 'pending' AND id IN ({marks})", (next_try, time.time(), why, *ids))
 
     # -- people -----------------------------------------------------------------------------
     def list(self, state: str | None = None, target: str | None = None, limit: int = 100) -> list[dict]:
