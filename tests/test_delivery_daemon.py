@@ -155,3 +155,38 @@ def test_outbox_prune_keeps_pending_and_failed(tmp_path):
         assert outbox.prune(time.time() - 3600) == 0  # all too young
         assert outbox.prune(time.time() + 1) == 2
         assert sorted(r["state"] for r in outbox.list()) == ["failed", "pending"]
+
+
+@pytest.mark.timeout(180)
+def test_killed_between_send_and_record_sends_again_harmlessly(tmp_path):
+    """The daemon dies after SkyPortal took the photometry but before the outcome is recorded:
+    the next start sends it again, and SkyPortal's PUT keeps one point."""
+    receiver = SkyPortalReceiver().start()
+    (tmp_path / "sp.token").write_text("sp-token\n")
+    config = config_text().replace("pool_stages:quick", "delivery_stages:measured") + f"""
+[delivery]
+poll_seconds = 0.2
+[delivery.skyportal]
+url = "{receiver.url}"
+token_file = "sp.token"
+instrument_id = 7
+candidates = "none"
+"""
+    daemon = DaemonProcess(tmp_path, config, env={"STDD_FAULTS": "delivery.sent=exit"}).start()
+    try:
+        write_frame(daemon.incoming / "k.fits", "k", T_TARGET="SN2026kil", T_RA=5.5, T_DEC=5.25,
+                    T_MAG=16.5, T_MAGERR=0.02, T_TIME="2026-03-04T00:00:00")
+        assert daemon.proc.wait(60) == 86
+        daemon.log_fh.close()
+        assert len(receiver.photometry) == 1
+        (row,) = deliveries(daemon)
+        assert row["state"] == "pending" and row["attempts"] == 0
+        daemon = DaemonProcess(tmp_path).start()
+        daemon.wait(lambda: deliveries(daemon)[0]["state"] == "sent", 60, "the delivery to be recorded")
+        assert len(receiver.photometry) == 1 and receiver.rejected == []
+        assert [r[0] for r in receiver.requests].count("PUT") == 2
+        assert daemon.stop() == 0
+    finally:
+        if daemon.proc.poll() is None:
+            daemon.kill()
+        receiver.stop()

@@ -20,6 +20,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from ..faults import fault_point
 from ..store import Outbox
 from . import channels as notify_mod
 from .common import DeliveryError, Outcome
@@ -208,6 +209,8 @@ class DeliveryService:
 
     async def _record(self, item: dict, outcome: Outcome, settings) -> float | None:
         """Record one attempt's outcome; returns when the item is tried again (None: not)."""
+        if outcome.ok:
+            fault_point("delivery.sent")  # sent, not yet recorded: the next start sends it again
         attempts = (item.get("attempts") or 0) + 1
         if outcome.ok:
             result, next_try = "sent", None
