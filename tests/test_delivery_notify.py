@@ -158,3 +158,34 @@ def test_an_acted_on_alert_is_queued_with_its_action_and_mailed(smtp, tmp_path):
     finally:
         service.close()
         db.close()
+
+
+async def test_disk_full_is_told_directly(smtp, tmp_path, caplog):
+    """The database file is full (SQLite's max_page_count reached: SQLITE_FULL, as on a full disk):
+    the trouble cannot be queued in it, so it is mailed directly."""
+    import sqlite3
+
+    s = make_settings(tmp_path, delivery={"notify": channel(smtp, events=["daemon_trouble"]), "poll_seconds": 0.2,
+                                          "trouble_check_seconds": 0.5},
+                      daemon={"intake_retry_seconds": 0.2})
+    async with Running(Daemon(s, services=[DeliveryService()])) as d:
+        def fill():
+            conn = d.db.conn
+            pages = conn.execute("PRAGMA page_count").fetchone()[0]
+            conn.execute(f"PRAGMA max_page_count = {pages + 1}")
+            try:
+                for i in range(100000):
+                    d.events.add("test.filler", "x" * 500)
+            except sqlite3.OperationalError as e:
+                return str(e)
+
+        assert "full" in await d.gate.run(fill)
+        write_frame(tmp_path / "in" / "full.fits", "full")
+        await until(lambda: d.gate.problem() is not None and "disk full" in d.gate.problem(), 30)
+        subjects = lambda: [m["Subject"] for m in smtp.messages]  # noqa: E731
+        await until(lambda: any("database_writes" in t for t in subjects()), 30)
+        body = smtp.bodies()[[i for i, t in enumerate(subjects()) if "database_writes" in t][0]]
+        assert "database_writes: database: disk full since" in body or "disk full since" in body
+        assert "notifying directly" in caplog.text
+        await d.gate.run(lambda: d.db.conn.execute("PRAGMA max_page_count = 1073741823"))
+        await until(lambda: d.gate.problem() is None, 60)

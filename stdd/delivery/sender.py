@@ -255,33 +255,50 @@ class DeliveryService:
             if name not in now_problems:
                 self._trouble.discard(name)
                 log.info("daemon trouble over: %s", name)
-        for name, detail in now_problems.items():
-            if name in self._trouble:
-                continue
-            key = f"trouble:{name}:{int(time.time())}"
-            title = f"stdd trouble: {name}"
-            body = f"{detail}\n(daemon state: {self.d.state})"
-            try:
-                await self.d.gate.run(self._enqueue_trouble, title, body, key, name)
-            except Exception as e:  # noqa: BLE001 — the database is the trouble: tell directly
-                log.error("daemon trouble %s not queued (%s); notifying directly", name, e)
-                await asyncio.to_thread(self._notify_directly, settings, title, body)
-            self._trouble.add(name)
+        new = {n: detail for n, detail in now_problems.items() if n not in self._trouble}
+        db_problem = self.d.gate.problem()
+        if new and db_problem is not None:
+            # the database is in trouble (full, locked, read-only): the outbox may take the row
+            # but its sender could not record the outcome; tell directly, all in one message
+            log.error("daemon trouble (%s) while the database has a problem (%s); notifying directly",
+                      ", ".join(new), db_problem)
+            title = "stdd trouble: " + ", ".join(new)
+            body = "\n".join(f"{n}: {detail}" for n, detail in new.items()) + f"\n(daemon state: {self.d.state})"
+            if await asyncio.to_thread(self._notify_directly, settings, title, body):
+                self._trouble.update(new)  # else: told at a later check, when the limit allows
+        else:
+            for name, detail in new.items():
+                title = f"stdd trouble: {name}"
+                body = f"{detail}\n(daemon state: {self.d.state})"
+                try:
+                    await self.d.gate.run(self._enqueue_trouble, title, body, f"trouble:{name}:{int(time.time())}",
+                                          name)
+                except Exception as e:  # noqa: BLE001 — the database is the trouble: tell directly
+                    log.error("daemon trouble %s not queued (%s); notifying directly", name, e)
+                    if not await asyncio.to_thread(self._notify_directly, settings, title, body):
+                        continue
+                self._trouble.add(name)
         await asyncio.sleep(max(0.0, settings.delivery.trouble_check_seconds - 1.0))
 
     def _enqueue_trouble(self, title: str, body: str, key: str, name: str) -> None:
         with self.outbox.db.write():
             notify(self.outbox, self._settings(), "daemon_trouble", title, body, key, data={"check": name})
 
-    def _notify_directly(self, settings, title: str, body: str) -> None:
+    def _notify_directly(self, settings, title: str, body: str) -> bool:
+        """Send without the outbox (the database cannot be relied on); True when every listening
+        channel took it. Rate limit in memory: one message per channel per window ÷ max_per_window."""
+        told = True
         for name, channel in settings.delivery.notify.items():
             if "daemon_trouble" not in channel.events or not channel.urls:
                 continue
-            last = self._direct_sent.get(name, 0.0)
-            if time.time() - last < channel.window_minutes * 60 / channel.max_per_window:
-                continue  # the in-memory rate limit of a database-less moment
+            last = self._direct_sent.get(name)
+            if last is not None and time.time() - last < channel.window_minutes * 60 / channel.max_per_window:
+                told = False
+                continue
             try:
                 notify_mod.send(name, channel.urls, title, body)
                 self._direct_sent[name] = time.time()
             except Exception as e:  # noqa: BLE001
+                told = False
                 log.error("channel %s: direct notification failed: %s", name, e)
+        return told
