@@ -11,6 +11,8 @@ Where each rule comes from (skyportal/skyportal on GitHub, the API docs at skypo
   sncosmo's names), `limiting_mag` required; `mag` and `magerr` both null or both numbers;
   optional `ra`, `dec`, `group_ids` (list of int), `origin` (str); the object must exist
   (`Invalid object ID`); answer `data: {ids, upload_id}`;
+- GET /api/instrument[?name=]: the instruments, `data: [{id, name, filters, telescope_id}]`
+  (InstrumentHandler.get, `name` an exact match);
 - GET /api/sources?ra=&dec=&radius=: cone search, radius in degrees (SourceHandler.get);
   answer `data: {sources: [...], totalMatches}`;
 - POST /api/sources: `id`, `ra`, `dec` (SourceHandler.post), optional `group_ids`, `origin`;
@@ -51,6 +53,7 @@ class SkyPortalReceiver:
     def __init__(self, token: str = "sp-token", instruments: dict[int, set[str]] | None = None):
         self.token = token
         self.instruments = instruments or {7: {"sdssr", "sdssg", "bessellv"}}
+        self.instrument_names = {7: "stdd-cam"}
         self.sources: dict[str, dict] = {}
         self.candidates: dict[str, dict] = {}
         self.thumbnails: list[dict] = []
@@ -86,6 +89,12 @@ class SkyPortalReceiver:
         return body if isinstance(body, dict) else None
 
     # -- handlers ---------------------------------------------------------------------------
+    async def get_instruments(self, request):
+        rows = [{"id": i, "name": self.instrument_names.get(i, f"cam{i}"), "filters": sorted(f), "telescope_id": 1}
+                for i, f in self.instruments.items()]
+        name = request.query.get("name")
+        return self._ok([r for r in rows if name is None or r["name"] == name])
+
     async def get_sources(self, request):
         try:
             ra, dec, radius = (float(request.query[k]) for k in ("ra", "dec", "radius"))
@@ -170,6 +179,7 @@ class SkyPortalReceiver:
     # -- life ------------------------------------------------------------------------------
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._auth])
+        app.router.add_get("/api/instrument", self.get_instruments)
         app.router.add_get("/api/sources", self.get_sources)
         app.router.add_post("/api/sources", self.post_source)
         app.router.add_post("/api/candidates", self.post_candidate)

@@ -166,3 +166,24 @@ def test_confirmed_candidates_go_to_skyportal_and_the_channels(receiver, tmp_pat
     assert out.ok, out.error
     assert receiver.rejected == [] and list(receiver.candidates) == ["STDDJ021312.00+442400.0"]
     assert receiver.photometry[0]["filter"] == "sdssg" and receiver.photometry[0]["mjd"] == pytest.approx(61100.5)
+
+
+def test_instrument_by_name_and_the_instruments_command(receiver, tmp_path):
+    import subprocess
+    import sys
+
+    settings = settings_for(receiver.url, tmp_path, instrument_id=None, instrument_name="stdd-cam")
+    target, kind, key, payload = frame_items(settings, FRAME, RESULT)[0]
+    assert send_item(settings, item(target, kind, key, payload)).ok
+    assert receiver.photometry[0]["instrument_id"] == 7
+    settings = settings_for(receiver.url, tmp_path, instrument_id=None, instrument_name="no-such-cam")
+    out = send_item(settings, item(target, kind, key, payload))
+    assert not out.ok and not out.retryable and "no-such-cam" in out.error
+
+    config = tmp_path / "stdd.toml"
+    config.write_text(f'[delivery.skyportal]\nurl = "{receiver.url}"\ntoken_file = "sp.token"\n'
+                      f'instrument_id = 7\ncandidates = "none"\n')
+    run = subprocess.run([sys.executable, "-m", "stdd", "--config", str(config), "delivery", "instruments"],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert "7  stdd-cam  filters: bessellv, sdssg, sdssr" in run.stdout

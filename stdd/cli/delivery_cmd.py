@@ -67,5 +67,31 @@ def retry_cmd(ctx: click.Context, ids: tuple[int, ...]) -> None:
     click.echo(f"{n} item(s) queued again")
 
 
+@delivery_group.command("instruments")
+@click.option("--json", "as_json", is_flag=True, help="Print SkyPortal's answer as JSON.")
+@click.pass_context
+def instruments_cmd(ctx: click.Context, as_json: bool) -> None:
+    """SkyPortal's instruments (id, name, filters): what `[delivery.skyportal] instrument_id` names."""
+    from ..delivery.common import DeliveryError
+    from ..delivery.skyportal import SkyPortalClient
+
+    settings = get_settings(ctx)
+    if not settings.delivery.skyportal.url:
+        fail("delivery.skyportal.url is not set", EXIT_FAILURE)
+    try:
+        rows = SkyPortalClient(settings.delivery.skyportal).instruments()
+    except (DeliveryError, OSError) as e:
+        fail(f"SkyPortal: {e}", EXIT_FAILURE)
+        return
+    except Exception as e:  # requests' errors: refused, timed out
+        fail(f"SkyPortal: {type(e).__name__}: {e}", EXIT_FAILURE)
+        return
+    if as_json:
+        echo_json(rows)
+        return
+    for r in rows:
+        click.echo(f"{r.get('id'):>5}  {r.get('name')}  filters: {', '.join(r.get('filters') or [])}")
+
+
 def register(cli: click.Group) -> None:
     cli.add_command(delivery_group)

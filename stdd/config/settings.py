@@ -412,6 +412,8 @@ class SkyPortalSettings(Section):
     token_env: str = Field("STDD_SKYPORTAL_TOKEN", description="environment variable holding the API token "
                                                                "(used when token_file is unset)")
     instrument_id: int | None = Field(None, ge=1, description="SkyPortal instrument id of this telescope's camera")
+    instrument_name: str | None = Field(None, description="or its name, looked up once (GET /api/instrument?name=); "
+                                                          "`stdd delivery instruments` lists them")
     group_ids: list[int] = Field(default_factory=list, description="SkyPortal groups that get the data")
     filter_map: dict[str, str] = Field(
         default_factory=dict, description="stdd band -> SkyPortal bandpass, beside the built-in table "
@@ -430,8 +432,9 @@ class SkyPortalSettings(Section):
     @model_validator(mode="after")
     def _complete(self):
         if self.url:
-            if self.instrument_id is None:
-                raise ValueError("instrument_id is required when url is set (SkyPortal's id of this camera)")
+            if self.instrument_id is None and not self.instrument_name:
+                raise ValueError("instrument_id (or instrument_name) is required when url is set "
+                                 "(SkyPortal's instrument of this camera)")
             if self.candidates != "none" and not self.filter_ids:
                 raise ValueError("filter_ids is required when url is set and candidates are posted "
                                  "(POST /api/candidates needs them; or set candidates = \"none\")")

@@ -3,6 +3,7 @@
 What is called (SkyPortal's API, https://skyportal.io/docs/api.html; schema in
 skyportal/schema.py `PhotometryMag`, handlers in skyportal/handlers/api/):
 
+- `GET /api/instrument[?name=]`: the instruments (this camera's id from its name);
 - `GET /api/sources?ra=&dec=&radius=` (radius in degrees): an existing source near the position;
 - `POST /api/sources` `{id, ra, dec, group_ids, origin}`: a target not yet known;
 - `POST /api/candidates` `{id, ra, dec, filter_ids, passed_at, origin}`: a new transient candidate;
@@ -35,6 +36,10 @@ def object_name(ra: float, dec: float) -> str:
     return f"STDDJ{hh:02d}{mm:02d}{ss:05.2f}{sign}{dd:02d}{dm:02d}{ds:04.1f}"
 
 
+#: instrument name → id, looked up once per process
+_INSTRUMENT_IDS: dict[str, int] = {}
+
+
 class SkyPortalClient:
     def __init__(self, cfg, session=None):
         import requests
@@ -55,6 +60,24 @@ class SkyPortalClient:
         resp = self.http.request(method, self.base + path, headers=self._headers(),
                                  timeout=self.cfg.timeout_seconds, **kw)
         return check(resp, what)
+
+    # -- instruments --------------------------------------------------------------------------
+    def instruments(self, name: str | None = None) -> list[dict]:
+        out = self._call("GET", "/api/instrument", "instrument list", params={"name": name} if name else None)
+        data = out.get("data") or []
+        return data if isinstance(data, list) else [data]
+
+    def instrument_id(self) -> int:
+        if self.cfg.instrument_id is not None:
+            return self.cfg.instrument_id
+        if self.cfg.instrument_name in _INSTRUMENT_IDS:
+            return _INSTRUMENT_IDS[self.cfg.instrument_name]
+        found = [i for i in self.instruments(self.cfg.instrument_name) if i.get("name") == self.cfg.instrument_name]
+        if not found:
+            raise DeliveryError(f"SkyPortal has no instrument named {self.cfg.instrument_name!r} "
+                                "(stdd delivery instruments lists them)", retryable=False)
+        _INSTRUMENT_IDS[self.cfg.instrument_name] = int(found[0]["id"])
+        return _INSTRUMENT_IDS[self.cfg.instrument_name]
 
     # -- sources ------------------------------------------------------------------------------
     def find_source(self, ra: float, dec: float) -> str | None:
@@ -81,10 +104,8 @@ class SkyPortalClient:
         if band is None:
             raise DeliveryError(f"band {p['filter']!r} has no SkyPortal bandpass (delivery.skyportal.filter_map)",
                                 retryable=False)
-        if self.cfg.instrument_id is None:
-            raise DeliveryError("delivery.skyportal.instrument_id is not set", retryable=False)
         detected = p.get("mag") is not None and p.get("magerr") is not None
-        body = {"obj_id": obj_id, "instrument_id": self.cfg.instrument_id, "mjd": p["mjd"],
+        body = {"obj_id": obj_id, "instrument_id": self.instrument_id(), "mjd": p["mjd"],
                 "mag": p["mag"] if detected else None, "magerr": p["magerr"] if detected else None,
                 "limiting_mag": p["limiting_mag"], "magsys": self.cfg.magsys, "filter": band,
                 "ra": p.get("ra"), "dec": p.get("dec"), "origin": "stdd"}
