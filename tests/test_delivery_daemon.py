@@ -190,3 +190,29 @@ candidates = "none"
         if daemon.proc.poll() is None:
             daemon.kill()
         receiver.stop()
+
+
+@pytest.mark.timeout(120)
+def test_a_frame_ending_during_the_shutdown_queues_its_delivery(tmp_path):
+    (tmp_path / "sp.token").write_text("sp-token\n")
+    config = config_text().replace("pool_stages:quick", "delivery_stages:measured") + f"""
+[delivery.skyportal]
+url = "http://127.0.0.1:{free_port()}"
+token_file = "sp.token"
+instrument_id = 7
+candidates = "none"
+"""
+    daemon = DaemonProcess(tmp_path, config).start()
+    try:
+        write_frame(daemon.incoming / "s.fits", "s", T_LATE=2.0, T_TARGET="SN2026late", T_RA=1.5, T_DEC=2.5,
+                    T_MAG=15.5, T_MAGERR=0.01, T_TIME="2026-03-05T00:00:00")
+        daemon.wait(lambda: any(r["stage"] == "photometry" for r in daemon.stage_runs(daemon.frames()[0]["id"])), 60,
+                    "the last stage to run")
+        assert daemon.stop() == 0
+    finally:
+        if daemon.proc.poll() is None:
+            daemon.kill()
+    (frame,) = daemon.frames()
+    assert frame["state"] == "done"
+    (row,) = deliveries(daemon)
+    assert row["frame_id"] == frame["id"] and row["state"] == "pending" and row["payload"]["name"] == "SN2026late"

@@ -112,9 +112,9 @@ class DeliveryService:
     async def stop(self) -> None:
         if self.d is None:
             return
+        # the finish hook stays: frames that end during the shutdown grace still queue their
+        # deliveries (sent at the next start)
         await self.d.supervisor.stop(["delivery", "delivery-trouble"])
-        if self.on_frame_done in self.d.finish_hooks:
-            self.d.finish_hooks.remove(self.on_frame_done)
 
     def _settings(self):
         return self.d.settings
