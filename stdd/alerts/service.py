@@ -246,6 +246,16 @@ class AlertService:
                                            "http_status": row.get("http_status") if row else None,
                                            "error": row.get("error") if row else None,
                                            "run": row.get("runs") if row else None})
+        if self.settings.delivery.notify:  # in this same transaction: the action's notification
+            from ..delivery import notify
+            from ..store.outbox import Outbox
+
+            body = f"Alert {alert_id}: action {name} ({purpose}) {state}"
+            if row and row.get("error"):
+                body += f"\nerror: {row['error']}"
+            notify(Outbox(self.db), self.settings, "alert_acted", f"stdd: alert {alert_id} acted on ({name})", body,
+                   f"action:{action_id}:{row.get('runs') if row else 0}", alert_id=alert_id,
+                   data={"action_id": action_id, "name": name, "purpose": purpose, "state": state})
 
     # -- recovery and queries ------------------------------------------------------------
     def recover(self) -> list[Outcome]:

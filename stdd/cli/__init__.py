@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "synth_cmd",    # stdd synth
     "templates_cmd",  # stdd templates build
     "calib_cmd",    # stdd calib build|list
+    "delivery_cmd",  # stdd delivery list|retry
 )
 
 

@@ -19,6 +19,10 @@ def services_for(settings) -> tuple[list, object | None]:
 
         regions = AlertLink(settings)
         services.append(regions)
+    if settings.delivery.enabled:
+        from ..delivery.sender import DeliveryService
+
+        services.append(DeliveryService())
     if settings.http.enabled:
         from ..http import HttpService
 

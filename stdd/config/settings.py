@@ -539,6 +539,97 @@ class RetentionSettings(Section):
         "and alert id stay)")
 
 
+class SkyPortalSettings(Section):
+    """Delivery to a SkyPortal instance (stdd/delivery/skyportal.py, docs/delivery.md)."""
+
+    url: str | None = Field(None, description="base URL, e.g. https://fritz.science; unset = no SkyPortal delivery")
+    token_file: Path | None = Field(None, description="file holding the API token (read at send time, never logged)")
+    token_env: str = Field("STDD_SKYPORTAL_TOKEN", description="environment variable holding the API token "
+                                                               "(used when token_file is unset)")
+    instrument_id: int | None = Field(None, ge=1, description="SkyPortal instrument id of this telescope's camera")
+    instrument_name: str | None = Field(None, description="or its name, looked up once (GET /api/instrument?name=); "
+                                                          "`stdd delivery instruments` lists them")
+    group_ids: list[int] = Field(default_factory=list, description="SkyPortal groups that get the data")
+    filter_map: dict[str, str] = Field(
+        default_factory=dict, description="stdd band -> SkyPortal bandpass, beside the built-in table "
+                                          "(stdd/delivery/bands.py)")
+    magsys: Literal["ab", "vega"] = Field("ab", description="magnitude system of the reported magnitudes")
+    candidates: Literal["confirmed", "all", "none"] = Field(
+        "confirmed", description="which transient candidates are posted (with their cutouts): those the candidate "
+                                 "store confirms (`stdd.delivery.notify_confirmed_candidates`), every difference-"
+                                 "image candidate of every frame, or none")
+    match_radius_arcsec: float = Field(2.0, gt=0, description="a target or candidate is matched to an existing "
+                                                              "SkyPortal source within this radius")
+    filter_ids: list[int] = Field(default_factory=list, description="SkyPortal filter ids candidates pass "
+                                                                    "(required by POST /api/candidates)")
+    timeout_seconds: float = Field(30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _complete(self):
+        if self.url:
+            if self.instrument_id is None and not self.instrument_name:
+                raise ValueError("instrument_id (or instrument_name) is required when url is set "
+                                 "(SkyPortal's instrument of this camera)")
+            if self.candidates != "none" and not self.filter_ids:
+                raise ValueError("filter_ids is required when url is set and candidates are posted "
+                                 "(POST /api/candidates needs them; or set candidates = \"none\")")
+        return self
+
+
+class TomSettings(Section):
+    """Delivery to a TOM Toolkit instance (stdd/delivery/tom.py, docs/delivery.md)."""
+
+    url: str | None = Field(None, description="base URL of the TOM, e.g. https://tom.example.org; unset = none")
+    username: str | None = Field(None, description="TOM user (HTTP basic auth)")
+    password_file: Path | None = Field(None, description="file holding the TOM user's password")
+    password_env: str = Field("STDD_TOM_PASSWORD", description="environment variable holding the TOM password")
+    token_file: Path | None = Field(None, description="file holding a REST framework token (instead of basic auth)")
+    match_radius_arcsec: float = Field(2.0, gt=0, description="a target is matched by position within this")
+    timeout_seconds: float = Field(30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _credentials(self):
+        if self.url and not self.token_file and not self.username:
+            raise ValueError("username (with password_file or password_env) or token_file is required when url is set")
+        return self
+
+
+NotifyEvent = Literal["candidates", "alert_acted", "daemon_trouble"]
+
+
+class NotifyChannel(Section):
+    """One notification channel: Apprise URLs (mailto://, slack://, matrix://, json://, ...)."""
+
+    urls: list[str] = Field(default_factory=list, description="Apprise URLs; may hold ${ENV} references "
+                                                              "(secrets stay out of the file)")
+    events: list[NotifyEvent] = Field(default_factory=lambda: ["candidates", "alert_acted", "daemon_trouble"],
+                                      description="what this channel is told about")
+    max_per_window: int = Field(5, ge=1, description="messages at most per window; the excess is summarised "
+                                                     "into one message when the window allows")
+    window_minutes: float = Field(60.0, gt=0, description="the rate-limit window")
+
+
+class DeliverySettings(Section):
+    """Delivery of results and notifications: the outbox and its sender (stdd/delivery/, docs/delivery.md)."""
+
+    skyportal: SkyPortalSettings = Field(default_factory=SkyPortalSettings)
+    tom: TomSettings = Field(default_factory=TomSettings)
+    notify: dict[str, NotifyChannel] = Field(default_factory=dict, description="notification channels by name")
+    max_attempts: int = Field(20, ge=1, description="attempts before an item is marked failed (`stdd delivery "
+                                                    "retry` queues it again)")
+    backoff_seconds: float = Field(30.0, gt=0, description="wait after the first failed attempt; doubles")
+    backoff_max_seconds: float = Field(3600.0, gt=0, description="the longest wait between two attempts")
+    poll_seconds: float = Field(5.0, gt=0, description="how often the sender looks for due items")
+    trouble_check_seconds: float = Field(60.0, gt=0, description="how often the daemon's health is checked for "
+                                                                 "trouble worth a notification")
+    keep_days: float = Field(30.0, ge=0, description="sent items older than this are deleted from the outbox "
+                                                     "(0 = kept for ever; pending and failed ones always stay)")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.skyportal.url or self.tom.url or self.notify)
+
+
 class Settings(Section):
     paths: PathsSettings = Field(default_factory=PathsSettings)
     watch: WatchSettings = Field(default_factory=WatchSettings)
@@ -553,6 +644,7 @@ class Settings(Section):
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
     calibration: CalibrationSettings = Field(default_factory=CalibrationSettings)
     daemon: DaemonSettings = Field(default_factory=DaemonSettings)
+    delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     instruments_dir: Path = Path("config/instruments")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

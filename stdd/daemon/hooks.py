@@ -5,7 +5,9 @@ alert's region) and which regions the stages should look at are answered by a
 `RegionProvider`, which the alerts subsystem implements (its `live_regions()` and overlap
 tests). Until one is plugged in, `NoRegions` answers "none". A `Service` is anything that
 runs beside the daemon in its event loop (the HTTP endpoint, the GCN consumer): started after
-the daemon is ready, stopped before it closes the database.
+the daemon is ready, stopped before it closes the database. A service may also have
+`attach(daemon)`, called once the database is open and before any loop starts (to register a
+`Daemon.finish_hooks` entry that must see every frame's end).
 """
 from __future__ import annotations
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from ..pool import PoolEvent
 from . import outcomes
+from .dbgate import database_problem
 
 if TYPE_CHECKING:
     from .service import Daemon
@@ -122,9 +123,31 @@ class Recorder:
 
     def _finish_tx(self, fid: int, state: str, error: str | None, result: dict) -> dict:
         frames = self.d.frames
-        with frames.db.write():
+        with frames.db.write() as conn:
             frames.finish(fid, state, error, result)
-            return frames.get(fid)
+            frame = frames.get(fid)
+            if state == "done":
+                for hook in list(self.d.finish_hooks):
+                    self._run_finish_hook(conn, hook, frame, result)
+            return frame
+
+    @staticmethod
+    def _run_finish_hook(conn, hook, frame: dict, result: dict) -> None:
+        """A hook's writes join the frame's end; a hook that fails (a bug, bad data) is undone
+        alone and logged: the frame's end is still recorded. A database problem (locked, disk
+        full) undoes the whole transaction, which `write_until_done` retries."""
+        conn.execute("SAVEPOINT finish_hook")
+        try:
+            hook(frame, result)
+        except Exception as e:
+            conn.execute("ROLLBACK TO finish_hook")
+            conn.execute("RELEASE finish_hook")
+            if database_problem(e) is not None:
+                raise
+            log.exception("frame=%d: finish hook %s failed; the frame's end is recorded without it",
+                          frame["id"], getattr(hook, "__qualname__", hook))
+            return
+        conn.execute("RELEASE finish_hook")
 
     async def on_lost(self, ev: PoolEvent) -> None:
         d, fid = self.d, ev.frame_id

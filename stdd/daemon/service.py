@@ -89,6 +89,10 @@ class Daemon:
         self.instance_lock = InstanceLock(self.db_path)
         self.status_line_text = "starting"
         self._background: set[asyncio.Task] = set()
+        #: callables `(frame, result)` run on the database thread inside the transaction that
+        #: records a frame as done (recording.py): what must happen with the frame's end or not
+        #: at all (the delivery outbox, stdd/delivery/)
+        self.finish_hooks: list = []
 
     # =====================================================================================
     # API (for the endpoint and other in-process callers; call on the event loop's thread)
@@ -250,6 +254,10 @@ class Daemon:
         self.frames = FrameStore(self.db)
         self.events = EventLog(self.db)
         self.profiles = load_profiles(s)
+        for svc in self.services:  # before any frame can end: a service's finish hook sees them all
+            attach = getattr(svc, "attach", None)
+            if callable(attach):
+                attach(self)
         await self.gate.run(outcomes.recover, self.frames, s, self.spool)
         if self.pool is None:
             self.pool = make_executor(s.pool)

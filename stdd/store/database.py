@@ -140,8 +140,28 @@ def _v3(db: "sqlite_utils.Database") -> None:
     db["frames"].create_index(["state", "master"], if_not_exists=True)
 
 
+def _v4(db: "sqlite_utils.Database") -> None:
+    """Delivery outbox (issue 17, part 5): one row per thing to send to SkyPortal, a TOM or a
+    notification channel, written in the transaction of the event that causes it, sent and
+    retried by the daemon's delivery loop (see docs/delivery.md)."""
+    db["deliveries"].create(
+        {
+            "id": int, "target": str, "kind": str, "key": str, "payload": str, "state": str,
+            "attempts": int, "next_try": float, "created_at": float, "updated_at": float,
+            "sent_at": float, "http_status": int, "error": str, "response": str,
+            "frame_id": int, "alert_id": str,
+        },
+        pk="id",
+        not_null={"target", "kind", "key", "payload", "state", "created_at"},
+        defaults={"state": "pending", "attempts": 0},
+    )
+    db["deliveries"].create_index(["target", "key"], unique=True)
+    db["deliveries"].create_index(["state", "next_try"])
+    db["deliveries"].create_index(["target", "state", "sent_at"])
+
+
 #: Forward migrations, in order. Append; never edit a released one.
-MIGRATIONS: list[Callable[["sqlite_utils.Database"], None]] = [_v1, _v2, _v3]
+MIGRATIONS: list[Callable[["sqlite_utils.Database"], None]] = [_v1, _v2, _v3, _v4]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
