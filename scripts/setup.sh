@@ -76,3 +76,10 @@ fi
 if command -v SWarp >/dev/null 2>&1 && [ ! -e .venv/bin/swarp ]; then
   ln -s "$(command -v SWarp)" .venv/bin/swarp
 fi
+# the tests run a real TOM Toolkit server (delivery) in a venv of its own: tomtoolkit pins numpy
+# and others differently from stdd (scripts/tom_venv.sh; made once, about a minute)
+if [ "$mode" = test ] && [ ! -x .venv-tom/bin/python ]; then
+  echo "setup: creating .venv-tom (TOM Toolkit for the delivery tests)"
+  PYTHON="$PY" sh scripts/tom_venv.sh "$PWD/.venv-tom" 2>&1 | { grep -v "^WARNING: Location" || true; } \
+    || echo "setup: note: .venv-tom could not be made; the TOM tests will be skipped" >&2
+fi
