@@ -115,5 +115,53 @@ def bench_cmd(bootstrap: str, count: int, action: str, workdir: str) -> None:
         fail(f"bench failed: {type(e).__name__}: {e}")
 
 
+@alert_group.command("report")
+@click.argument("alert_id")
+@click.option("--json", "as_json", is_flag=True, help="The report as JSON (frames, measurements, candidates).")
+@click.option("--text", "as_text", is_flag=True, help="Only the draft GCN Circular.")
+@click.option("--plot", type=click.Path(dir_okay=False), help="Write the light curve against t - T0 (PNG).")
+@click.pass_context
+def report_cmd(ctx: click.Context, alert_id: str, as_json: bool, as_text: bool, plot: str | None) -> None:
+    """The follow-up report of ALERT_ID: frames covering its region by time since T0, detections and
+    limits at its position, candidates in the region, and a draft GCN Circular (read from the state;
+    the daemon need not run)."""
+    from ..reports.alert_report import ReportError, build_report, fmt_dt, lightcurve_png
+    from ..reports.circular import circular_text
+    from ..store import Database, StoreError
+
+    settings = get_settings(ctx)
+    try:
+        db = Database(settings.paths.database, readonly=True)
+    except StoreError as e:
+        fail(f"cannot read the state {settings.paths.database}: {e}")
+    try:
+        report = build_report(db, alert_id, settings)
+    except ReportError as e:
+        fail(str(e))
+    finally:
+        db.close()
+    if plot:
+        Path(plot).write_bytes(lightcurve_png(report))
+    report["circular"] = circular_text(report)
+    if as_json:
+        echo_json(report)
+        return
+    if as_text:
+        click.echo(report["circular"])
+        return
+    a, sm = report["alert"], report["summary"]
+    click.echo(f"alert {a['id']} ({a.get('mission') or '?'} {a.get('notice_type') or ''}), T0 {report['t0']} UT")
+    click.echo(f"{sm['frames']} frame(s) covering the region, {sm['after_trigger']} done after T0; "
+               f"{sm['detections_at_position']} detection(s) at the position; {sm['candidates_in_region']} "
+               f"candidate(s) in the region")
+    for r in report["frames"]:
+        at = (f"{r['mag']:.2f}±{(r['mag_err'] or 0):.2f}" if r["detected"] else
+              (f">{r['limit']:.2f}" if r["limit"] is not None else "-"))
+        click.echo(f"  frame {r['frame_id']:>5} {fmt_dt(r['t_minus_t0_s']):>10} {(r['filter'] or '-'):>4} "
+                   f"{r['state']:<8} {at}" + ("  (before the trigger)" if r["before_trigger"] else ""))
+    click.echo("")
+    click.echo(report["circular"])
+
+
 def register(cli: click.Group) -> None:
     cli.add_command(alert_group)

@@ -160,7 +160,36 @@ async def post_alert(request: web.Request) -> web.Response:
     return json_response(body, status=201 if outcome.state == "parsed" else 200)
 
 
+def _report(reads, alert_id: str, settings, fmt: str):
+    from ..reports.alert_report import ReportError, build_report
+    from ..reports.circular import circular_text
+
+    try:
+        report = build_report(reads.db(), alert_id, settings)
+    except ReportError:
+        return None
+    report["circular"] = circular_text(report)
+    return report["circular"] if fmt == "text" else serialised(lambda: report)
+
+
+async def get_alert_report(request: web.Request) -> web.Response:
+    """The follow-up report (JSON), or its draft GCN Circular (`?format=text`)."""
+    alert_id = request.match_info["id"]
+    fmt = request.query.get("format", "json")
+    if fmt not in ("json", "text"):
+        raise HttpError(400, f"format must be json or text, got {fmt!r}")
+    reads = request.app[KEY_READS]
+    out = await reads.run(_report, reads, alert_id, request.app[KEY_DAEMON].settings, fmt)
+    if out is None:
+        raise HttpError(404, f"no alert {alert_id!r}")
+    if fmt == "text":
+        return web.Response(text=out, content_type="text/plain", charset="utf-8")
+    return json_response(out)
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/alerts", get_alerts)
     app.router.add_post("/alerts", post_alert)
-    app.router.add_get("/alerts/{id:.+}", get_alert)  # ids are IVORNs, with slashes
+    # ids are IVORNs, with slashes: the report's route is tried first
+    app.router.add_get("/alerts/{id:.+}/report", get_alert_report)
+    app.router.add_get("/alerts/{id:.+}", get_alert)

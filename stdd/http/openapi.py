@@ -362,6 +362,19 @@ def document(version: str) -> dict[str, Any]:
             "responses": {"200": _json(_ref("AlertDetail"), "the alert"), "400": _err("a bad parameter"),
                           "404": _err("no such alert"),
                           **COMMON_ERRORS}}},
+        "/alerts/{id}/report": {"get": {
+            "summary": "The alert's follow-up report: frames covering its region by time since T0, detections and "
+                       "limits at its position, candidates in the region, the light curve against t - T0, and a "
+                       "draft GCN Circular (`format=text`: the circular alone)",
+            "security": OPEN, "tags": ["alerts"],
+            "parameters": [ALERT_ID, {"name": "format", "in": "query",
+                                      "schema": {"type": "string", "enum": ["json", "text"], "default": "json"}}],
+            "responses": {"200": {"description": "the report (JSON) or the circular (text)", "content": {
+                "application/json": {"schema": {"type": "object", "additionalProperties": True,
+                                                "required": ["alert", "t0", "frames", "candidates", "summary",
+                                                             "lightcurve", "circular"]}},
+                "text/plain": {"schema": {"type": "string"}}}},
+                "400": _err("a bad parameter"), "404": _err("no such alert"), **COMMON_ERRORS}}},
     }
     return {
         "openapi": "3.0.3",

@@ -29,7 +29,11 @@ from ..http.daemon_view import call
 from ..pipeline import STAGE_NAMES
 from ..store import TERMINAL, EventLog, FrameStore
 from ..store.alerts import AlertStore
+from ..reports.alert_report import ReportError, build_report, fmt_dt, lightcurve_png
+from ..reports.circular import circular_text
+from ..reports.coverage import covering_frames
 from . import frame_view, night, preview, security
+from .coverage import coverage_png
 
 HERE = Path(__file__).resolve().parent
 KEY_RENDER = web.AppKey("ui_render", ThreadPoolExecutor)
@@ -61,6 +65,10 @@ def add_routes(app: web.Application) -> None:
     r.add_get(r"/ui/frames/{id:\d+}/files/{name:.+}", frame_file)
     r.add_post(r"/ui/frames/{id:\d+}/retry", post_retry)
     r.add_post(r"/ui/frames/{id:\d+}/cancel", post_cancel)
+    # alert ids are IVORNs, with slashes: the pictures' routes are tried first
+    r.add_get(r"/ui/alerts/{id:.+}/coverage.png", alert_coverage)
+    r.add_get(r"/ui/alerts/{id:.+}/lightcurve.png", alert_lightcurve)
+    r.add_get(r"/ui/alerts/{id:.+}", page_alert)
     r.add_static("/ui/static/", str(HERE / "static"), append_version=False)
 
 
@@ -343,3 +351,58 @@ async def post_cancel(request: web.Request) -> web.Response:
         raise web.HTTPConflict(text=str(e))
     state = out.get("state") if isinstance(out, dict) else "?"
     raise web.HTTPSeeOther(f"/ui/frames/{frame['id']}?message=" + urllib.parse.quote(f"cancel: {state}"))
+
+
+# -- an alert ------------------------------------------------------------------------------
+async def _alert_report(request: web.Request) -> dict:
+    reads = request.app[KEY_READS]
+    settings = request.app[KEY_DAEMON].settings
+    try:
+        return await reads.run(lambda: build_report(reads.db(), request.match_info["id"], settings))
+    except ReportError as e:
+        raise web.HTTPNotFound(text=str(e))
+
+
+async def page_alert(request: web.Request) -> web.Response:
+    _require_read(request)
+    report = await _alert_report(request)
+    report["circular"] = circular_text(report)
+    quoted = urllib.parse.quote(report["alert"]["id"], safe="")
+    return aiohttp_jinja2.render_template("alert.html", request, {
+        "r": lenient(report), "quoted": quoted, "fmt_dt": fmt_dt})
+
+
+async def alert_coverage(request: web.Request) -> web.Response:
+    _require_read(request)
+    reads = request.app[KEY_READS]
+    settings = request.app[KEY_DAEMON].settings
+    alert_id = request.match_info["id"]
+
+    def gather():
+        row = AlertStore(reads.db()).get_alert(alert_id)
+        if row is None:
+            return None, []
+        live, frames = covering_frames(reads.db(), row, settings)
+        return row, frames
+
+    row, frames = await reads.run(gather)
+    if row is None or not isinstance(row.get("region"), dict):
+        raise web.HTTPNotFound(text=f"no alert {alert_id!r} with a region")
+    moc = None
+    if row["region"].get("moc"):
+        try:
+            from mocpy import MOC
+
+            moc = MOC.from_string(row["region"]["moc"])
+        except Exception:
+            moc = None
+    png = await _render(request, coverage_png, row["region"], frames,
+                        f"{alert_id}: {len(frames)} frame(s) over the region", moc)
+    return web.Response(body=png, content_type="image/png", headers=PICTURE_HEADERS)
+
+
+async def alert_lightcurve(request: web.Request) -> web.Response:
+    _require_read(request)
+    report = await _alert_report(request)
+    png = await _render(request, lightcurve_png, report)
+    return web.Response(body=png, content_type="image/png", headers=PICTURE_HEADERS)

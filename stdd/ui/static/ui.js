@@ -132,3 +132,21 @@ document.addEventListener("DOMContentLoaded", () => {
   if (root) viewer(root);
   blinks();
 });
+
+document.addEventListener("DOMContentLoaded", () => {
+  const b = document.getElementById("copy-circular");
+  if (!b) return;
+  b.addEventListener("click", () => {
+    const text = document.getElementById("circular-text").textContent;
+    const done = () => { b.textContent = "copied"; b.dataset.copied = "1"; };
+    if (navigator.clipboard && window.isSecureContext) {
+      navigator.clipboard.writeText(text).then(done, () => select());
+    } else { select(); }
+    function select() {
+      const range = document.createRange();
+      range.selectNodeContents(document.getElementById("circular-text"));
+      const sel = window.getSelection(); sel.removeAllRanges(); sel.addRange(range);
+      document.execCommand("copy"); done();
+    }
+  });
+});
