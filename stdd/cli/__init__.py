@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "templates_cmd",  # stdd templates build
     "calib_cmd",    # stdd calib build|list
     "delivery_cmd",  # stdd delivery list|retry
+    "store_cmd",    # stdd lightcurve, stdd candidates, stdd store reindex
 )
 
 

@@ -20,6 +20,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from .store_settings import StoreSettings
+
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -643,6 +645,7 @@ class Settings(Section):
     alerts: AlertSettings = Field(default_factory=AlertSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
     calibration: CalibrationSettings = Field(default_factory=CalibrationSettings)
+    store: StoreSettings = Field(default_factory=StoreSettings)
     daemon: DaemonSettings = Field(default_factory=DaemonSettings)
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     instruments_dir: Path = Path("config/instruments")

@@ -41,6 +41,7 @@ from .health import HealthReport
 from .hooks import NoRegions, RegionProvider, Service
 from .instance_lock import InstanceLock, InstanceLocked
 from .intake import Intake
+from ..store.ingest import StoreRecorder
 from .notify import SystemdNotifier
 from .recording import Recorder
 from .schedule import Scheduler
@@ -92,7 +93,7 @@ class Daemon:
         #: callables `(frame, result)` run on the database thread inside the transaction that
         #: records a frame as done (recording.py): what must happen with the frame's end or not
         #: at all (the delivery outbox, stdd/delivery/)
-        self.finish_hooks: list = []
+        self.finish_hooks: list = [StoreRecorder(self).on_frame_done]  # measurements, candidate histories
 
     # =====================================================================================
     # API (for the endpoint and other in-process callers; call on the event loop's thread)

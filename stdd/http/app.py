@@ -21,7 +21,7 @@ from aiohttp import web
 
 from .. import ui
 from ..daemon import DaemonError
-from . import alerts_routes, auth, control_routes, frames_routes, status_routes
+from . import alerts_routes, auth, control_routes, frames_routes, status_routes, store_routes
 from .appkeys import (KEY_DAEMON, KEY_DAEMON_CHECKS, KEY_DB_CHECK, KEY_LAG, KEY_METRICS, KEY_OPEN_READS, KEY_READS,
                       KEY_TOKEN)
 from .daemon_view import database_path
@@ -84,6 +84,7 @@ def create_app(daemon, *, token: str | None = None) -> web.Application:
     r.add_post("/resume", control_routes.post_resume)
     r.add_post("/reload", control_routes.post_reload)
     alerts_routes.add_routes(app)
+    store_routes.add_routes(app)
     ui.add_routes(app)
     return app
 

@@ -362,6 +362,36 @@ def document(version: str) -> dict[str, Any]:
             "responses": {"200": _json(_ref("AlertDetail"), "the alert"), "400": _err("a bad parameter"),
                           "404": _err("no such alert"),
                           **COMMON_ERRORS}}},
+        "/lightcurve": {"get": {
+            "summary": "The light curve at a position from the measurement store: matched detections, or with "
+                       "`forced` forced photometry on every frame covering it (limits where not detected)",
+            "security": OPEN, "tags": ["store"],
+            "parameters": [
+                {"name": "ra", "in": "query", "required": True, "schema": {"type": "number", "minimum": 0, "maximum": 360}},
+                {"name": "dec", "in": "query", "required": True, "schema": {"type": "number", "minimum": -90, "maximum": 90}},
+                {"name": "radius", "in": "query", "description": "arcsec",
+                 "schema": {"type": "number", "minimum": 0.01, "maximum": 3600, "default": 2}},
+                {"name": "forced", "in": "query", "schema": {"type": "boolean"}},
+                {"name": "filter", "in": "query", "schema": {"type": "string"}},
+                {"name": "format", "in": "query", "schema": {"type": "string", "enum": ["json", "ecsv", "votable"]}}],
+            "responses": {"200": {"description": "the light curve", "content": {
+                "application/json": {"schema": {"type": "object", "additionalProperties": True,
+                                                "required": ["ra", "dec", "points", "filters"]}},
+                "text/plain": {"schema": {"type": "string"}},
+                "application/x-votable+xml": {"schema": {"type": "string"}}}},
+                "400": _err("a bad parameter"), **COMMON_ERRORS}}},
+        "/candidates": {"get": {
+            "summary": "Candidates followed across frames, newest first, each with its detections",
+            "security": OPEN, "tags": ["store"],
+            "parameters": [
+                {"name": "state", "in": "query", "schema": {"type": "string", "enum": [
+                    "confirmed", "moving", "known variable", "high proper motion", "single"]}},
+                {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 5000}},
+                {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": 10000000}}],
+            "responses": {"200": _json({"type": "object", "required": ["candidates"], "additionalProperties": True,
+                                        "properties": {"candidates": {"type": "array", "items": {
+                                            "type": "object", "additionalProperties": True}}}}, "candidates"),
+                          "400": _err("a bad parameter"), **COMMON_ERRORS}}},
         "/alerts/{id}/report": {"get": {
             "summary": "The alert's follow-up report: frames covering its region by time since T0, detections and "
                        "limits at its position, candidates in the region, the light curve against t - T0, and a "

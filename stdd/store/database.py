@@ -160,8 +160,41 @@ def _v4(db: "sqlite_utils.Database") -> None:
     db["deliveries"].create_index(["target", "state", "sent_at"])
 
 
+def _v5(db: "sqlite_utils.Database") -> None:
+    """The measurement store (issue 17): every frame's calibrated objects, target measurements and
+    candidates by sky position (`hpx`: HEALPix nested index at order 14, ~13″ cells), candidate
+    histories across frames, and the vetting marks of the web interface (stdd/store/measurements.py,
+    stdd/candidates/)."""
+    db["measurements"].create(
+        {"id": int, "frame_id": int, "kind": str, "name": str, "ra": float, "dec": float, "hpx": int,
+         "mjd": float, "filter": str, "mag": float, "mag_err": float, "lim": float, "snr": float, "flags": int,
+         "zp": float, "zp_err": float},
+        pk="id", not_null={"frame_id", "kind", "ra", "dec", "hpx"})
+    db["measurements"].create_index(["hpx"])
+    db["measurements"].create_index(["frame_id"])
+    db["measurements"].create_index(["kind", "name"])
+    db["candidates"].create(
+        {"id": int, "ra": float, "dec": float, "hpx": int, "state": str, "first_mjd": float, "last_mjd": float,
+         "n_det": int, "filters": str, "matches": str, "motion": str, "created_at": float, "updated_at": float},
+        pk="id", not_null={"ra", "dec", "hpx", "state"})
+    db["candidates"].create_index(["hpx"])
+    db["candidates"].create_index(["state", "last_mjd"])
+    db["candidate_detections"].create(
+        {"id": int, "candidate_id": int, "frame_id": int, "cand_key": str, "kind": str, "ra": float, "dec": float,
+         "hpx": int, "mjd": float, "filter": str, "mag": float, "mag_err": float, "snr": float, "cutout": str},
+        pk="id", not_null={"candidate_id", "frame_id", "cand_key", "ra", "dec"})
+    db["candidate_detections"].create_index(["candidate_id"])
+    db["candidate_detections"].create_index(["frame_id", "cand_key"], unique=True)
+    db["candidate_detections"].create_index(["hpx"])
+    db["vetting"].create(
+        {"id": int, "frame_id": int, "cand_key": str, "candidate_id": int, "mark": str, "who": str, "at": float,
+         "note": str},
+        pk="id", not_null={"frame_id", "cand_key", "mark", "at"})
+    db["vetting"].create_index(["frame_id", "cand_key"], unique=True)
+
+
 #: Forward migrations, in order. Append; never edit a released one.
-MIGRATIONS: list[Callable[["sqlite_utils.Database"], None]] = [_v1, _v2, _v3, _v4]
+MIGRATIONS: list[Callable[["sqlite_utils.Database"], None]] = [_v1, _v2, _v3, _v4, _v5]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
