@@ -25,7 +25,7 @@ def register(cli: click.Group) -> None:
     @cli.command("lightcurve")
     @click.argument("ra", type=float)
     @click.argument("dec", type=float)
-    @click.option("--radius", type=click.FloatRange(0.01, 3600), default=2.0, show_default=True,
+    @click.option("--radius", type=click.FloatRange(0.01, 300), default=2.0, show_default=True,
                   help="Match radius, arcsec.")
     @click.option("--forced", is_flag=True, help="Forced photometry at the position on every frame covering it, "
                                                  "with upper limits where it is not detected.")

@@ -370,7 +370,7 @@ def document(version: str) -> dict[str, Any]:
                 {"name": "ra", "in": "query", "required": True, "schema": {"type": "number", "minimum": 0, "maximum": 360}},
                 {"name": "dec", "in": "query", "required": True, "schema": {"type": "number", "minimum": -90, "maximum": 90}},
                 {"name": "radius", "in": "query", "description": "arcsec",
-                 "schema": {"type": "number", "minimum": 0.01, "maximum": 3600, "default": 2}},
+                 "schema": {"type": "number", "minimum": 0.01, "maximum": 300, "default": 2}},
                 {"name": "forced", "in": "query", "schema": {"type": "boolean"}},
                 {"name": "filter", "in": "query", "schema": {"type": "string"}},
                 {"name": "format", "in": "query", "schema": {"type": "string", "enum": ["json", "ecsv", "votable"]}}],

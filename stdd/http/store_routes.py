@@ -31,7 +31,7 @@ async def get_lightcurve(request: web.Request) -> web.Response:
 
     ra = _float(request, "ra", lo=0, hi=360)
     dec = _float(request, "dec", lo=-90, hi=90)
-    radius = _float(request, "radius", 2.0, 0.01, 3600)
+    radius = _float(request, "radius", 2.0, 0.01, 300)
     forced = request.query.get("forced", "false").lower() in ("1", "true", "yes")
     band = request.query.get("filter") or None
     fmt = request.query.get("format", "json")
