@@ -118,3 +118,11 @@ def test_the_plain_script_runs_every_stage_on_a_small_frame(tmp_path):
     res = plain(ctx, field, field.frames[0], "t", timeout=300)
     assert res["status"] == "done", res
     assert set(res["stages"]) >= {"inspect", "photometry", "transients", "subtraction"}, res
+
+
+def test_the_lightcurve_query_measure_fills_a_store_and_queries_it(tmp_path):
+    rep = runner.run(quick=True, only=["lightcurve_query_ms_10k"], out_dir=tmp_path,
+                     params={"lightcurve_frames": 60}, log=lambda *a: None)
+    key = rep["keys"]["lightcurve_query_ms_10k"]
+    assert key["value"] is not None and key["value"] > 0
+    assert key["context"]["points_per_query"] == [60] * 20  # one point per frame at each star
