@@ -194,3 +194,50 @@ async def test_light_curves_and_candidate_histories_over_three_nights(series, tm
         assert any(near(c, series["transient"]) for c in confirmed)
         tr = [c for c in confirmed if near(c, series["transient"])][0]
         assert len(tr["non_detections"]) == 2  # frames 1 and 2 cover it without a detection
+
+        # the web interface: the vetting queue (cutout triplets, histories), a mark stored with who and
+        # when and exported; the light-curve page with its plot; every image loads, nothing leaves
+        await vet_and_look(daemon, svc, at_transient[0]["id"], series["variable"])
+
+
+async def vet_and_look(daemon, svc, cid: int, variable) -> None:
+    import shutil
+
+    pw = pytest.importorskip("playwright.async_api")
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        pytest.skip("chromium is not installed (Debian package 'chromium'; scripts/setup.sh test installs it)")
+    requests: list[str] = []
+    async with pw.async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=exe, args=["--no-sandbox"])
+        page = await browser.new_page(viewport={"width": 1200, "height": 900})
+        page.on("request", lambda q: requests.append(q.url))
+        try:
+            await page.goto(svc.url + "/ui/login?next=/ui/candidates")
+            await page.fill("input[name=token]", svc.token)
+            await page.fill("input[name=who]", "ak")
+            await page.click("#login button")
+            await page.wait_for_url(svc.url + "/ui/candidates")
+            assert await page.locator(f"#cand-{cid}").count() == 1
+            assert await page.locator(f"#cand-{cid} img.cutout").count() == 3
+            assert await page.locator(f"#cand-{cid} table.history tr").count() >= 5
+            await page.evaluate("window.scrollTo(0, document.body.scrollHeight)")
+            await page.wait_for_load_state("networkidle")
+            broken = await page.evaluate(
+                "Array.from(document.images).filter((i) => !(i.complete && i.naturalWidth > 0)).map((i) => i.src)")
+            assert broken == []
+            await page.click(f"#cand-{cid} button[value=real]")
+            await page.wait_for_selector("#message")
+            assert await page.locator(f"#cand-{cid}").count() == 0  # vetted: out of the queue
+            resp = await page.goto(svc.url + "/ui/candidates/export.json")
+            marks = await resp.json()
+            assert [(m["candidate_id"], m["mark"], m["who"]) for m in marks] == [(cid, "real", "ak")]
+            assert marks[0]["cutout"] and marks[0]["result_dir"]
+            await page.goto(svc.url + f"/ui/lightcurve?ra={variable[0]}&dec={variable[1]}")
+            assert await page.locator("#lc-table tr.det").count() == 6
+            assert await page.locator("#lc-plot").evaluate("(i) => i.naturalWidth") > 200
+        finally:
+            await browser.close()
+    rows = await daemon.gate.run(lambda: daemon.db.query("SELECT * FROM vetting"))
+    assert len(rows) == 1 and rows[0]["who"] == "ak" and rows[0]["mark"] == "real" and rows[0]["at"] > 0
+    assert all(u.startswith(svc.url + "/") for u in requests)

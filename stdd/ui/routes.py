@@ -32,7 +32,7 @@ from ..store.alerts import AlertStore
 from ..reports.alert_report import ReportError, build_report, fmt_dt, lightcurve_png
 from ..reports.circular import circular_text
 from ..reports.coverage import covering_frames
-from . import frame_view, night, preview, security
+from . import frame_view, night, preview, security, store_pages
 from .coverage import coverage_png
 
 HERE = Path(__file__).resolve().parent
@@ -69,6 +69,7 @@ def add_routes(app: web.Application) -> None:
     r.add_get(r"/ui/alerts/{id:.+}/coverage.png", alert_coverage)
     r.add_get(r"/ui/alerts/{id:.+}/lightcurve.png", alert_lightcurve)
     r.add_get(r"/ui/alerts/{id:.+}", page_alert)
+    store_pages.add_routes(app, _render, _require_read, lenient)
     r.add_static("/ui/static/", str(HERE / "static"), append_version=False)
 
 
@@ -115,7 +116,7 @@ async def post_login(request: web.Request) -> web.Response:
     if not security.token_ok(str(form.get("token") or ""), request.app[KEY_TOKEN]):
         return aiohttp_jinja2.render_template("login.html", request, {
             "next": target, "error": "that is not the endpoint's token (it is in http.token_file)"}, status=401)
-    s = request.app[security.KEY_SESSIONS].new()
+    s = request.app[security.KEY_SESSIONS].new(str(form.get("who") or ""))
     resp = web.HTTPSeeOther(target)
     security.set_cookie(resp, s)
     raise resp

@@ -30,6 +30,7 @@ MAX_SESSIONS = 64
 @dataclass
 class Session:
     sid: str
+    who: str = "operator"  # the name given at login: recorded with what this session does (vetting marks)
     csrf: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     created: float = field(default_factory=time.time)
 
@@ -44,8 +45,8 @@ class Sessions:
         self._lock = threading.Lock()
         self._by_id: dict[str, Session] = {}
 
-    def new(self) -> Session:
-        s = Session(secrets.token_urlsafe(32))
+    def new(self, who: str = "operator") -> Session:
+        s = Session(secrets.token_urlsafe(32), who=(who.strip()[:64] or "operator"))
         with self._lock:
             now = time.time()
             for sid in [k for k, v in self._by_id.items() if v.expired(now)]:
