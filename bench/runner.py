@@ -68,6 +68,7 @@ KEYS: tuple[Key, ...] = (
     Key("calib_build_20_s", "s", "`stdd calib build` of a master from 20 raw 2048² frames", "<=", 30.0),
     Key("rerun_subtraction_ratio", "ratio", "a rerun from subtraction with sub_size=600 ÷ the same frame's full "
         "run (2048², all cores, both in a new warmed process)", "<=", 0.40),
+    Key("stack_3x2k_s", "s", "stacking three 2048² frames (background removed, SWarp, sum)", "<=", 15.0),
     Key("lightcurve_query_ms_10k", "ms", "a light curve (matched detections, 2″) at a star's position over "
         "10,000 frames of its field in the measurement store", "<=", 200.0),
     Key("dask_vs_local", "ratio", "seconds for the same frames on a 2-worker Dask LocalCluster ÷ on the "
@@ -87,6 +88,7 @@ MEASURES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("bench.calib", ("calib_stage_2k_s", "calib_build_20_s")),
     ("bench.rerun", ("rerun_subtraction_ratio",)),
     ("bench.lightcurve_query", ("lightcurve_query_ms_10k",)),
+    ("bench.stacking", ("stack_3x2k_s",)),
 )
 
 

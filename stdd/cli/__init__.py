@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "calib_cmd",    # stdd calib build|list
     "delivery_cmd",  # stdd delivery list|retry
     "store_cmd",    # stdd lightcurve, stdd candidates, stdd store reindex
+    "stack_cmd",    # stdd stack
 )
 
 

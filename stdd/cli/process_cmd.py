@@ -24,6 +24,11 @@ import click
 from .common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, config_path, echo_json
 
 
+def settings_or_exit(ctx: click.Context, overrides: dict):
+    """Settings for a command that runs the stages (stdd process, stdd stack --process)."""
+    return _settings(ctx, overrides)
+
+
 def _settings(ctx: click.Context, overrides: dict):
     """Settings from --config / $STDD_CONFIG / ./stdd.toml, or the defaults when there is no file."""
     from ..config import ConfigError, load_settings, settings_from_dict
