@@ -22,6 +22,8 @@ import numpy as np
 from astropy.table import Table
 from astropy.wcs import WCS
 
+from .blends import FLAG_NEIGHBOUR, MIN_LEFT, isolated_catalogue
+
 Log = Callable[..., None]
 
 CENTROID_OK_FLAGS = 0x01 | 0x02 | 0x100 | 0x200 | 0x800
@@ -98,12 +100,22 @@ def _clipped_rms(d: np.ndarray) -> float:
 
 
 def scamp_refine(obj: Table, cat: Table, wcs: WCS, *, sr_arcsec: float, order: int, mag_col: str | None,
-                 tmpdir: Path, log: Log, position_maxerr_arcmin: float | None = None) -> WCS | None:
+                 tmpdir: Path, log: Log, position_maxerr_arcmin: float | None = None,
+                 isolation_radius_deg: float | None = None) -> WCS | None:
     from stdpipe import astrometry as sa
 
-    sel = (np.asarray(obj["flags"]) & ~CENTROID_OK_FLAGS) == 0
+    flags = np.asarray(obj["flags"])
+    sel = (flags & ~CENTROID_OK_FLAGS) == 0
+    # crowded fields: blends and contaminated detections out of the fit when enough remain (stages/blends.py)
+    clean = sel & ((flags & (0x02 | FLAG_NEIGHBOUR)) == 0)
+    if clean.sum() >= MIN_LEFT:
+        sel = clean
     o = brightest(obj[sel] if sel.sum() >= 10 else obj, 400)
     cat = _bright_reference(cat, wcs, o, mag_col)
+    if isolation_radius_deg:
+        iso = isolated_catalogue(cat, mag_col, isolation_radius_deg)
+        if len(iso) >= MIN_LEFT:
+            cat = iso
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:

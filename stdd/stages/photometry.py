@@ -34,6 +34,7 @@ from . import filters
 from . import targets as target_list
 from .base import StageError, StageSettings
 from .inspect import frame_geometry
+from .blends import flag_neighbours
 from .measure import measure
 from .products import (guarded, StageRun, ds9_regions, finite_or_none, new_figure, read_json, save_figure, write_fits,
                        write_json, write_table, write_text)
@@ -131,6 +132,9 @@ def _photometry(run: StageRun, settings: StageSettings):
     run.log(f"{len(obj)} objects with S/N >= {p.sn}")
     if len(obj) < 3:
         raise StageError(f"{STAGE}: only {len(obj)} objects with S/N >= {p.sn}")
+    if p.blend_filter:  # crowded fields: contaminated detections flagged, out of the WCS and zero-point fits
+        n_nb = flag_neighbours(obj, fwhm)
+        run.log(f"{n_nb} object(s) with a comparable neighbour within 2 FWHM (flag 0x4000)")
 
     # ---- astrometry and the reference catalogue
     sol, cat, catinfo = _astrometry(run, settings, obj, header, state, fwhm, shape)
@@ -385,7 +389,8 @@ def _astrometry(run, settings, obj, header, state, fwhm, shape):
         run.log(f"{label} as is: {as_is}")
         if p.refine_wcs:
             refined = astro.scamp_refine(obj, cat.table, w, sr_arcsec=max(2 * fwhm * pixscale, 2.0), order=p.wcs_order,
-                                         mag_col=mag_col, tmpdir=run.tmpdir, log=run.log)
+                                         mag_col=mag_col, tmpdir=run.tmpdir, log=run.log,
+                                         isolation_radius_deg=2 * fwhm * pixscale / 3600 if p.blend_filter else None)
             if refined is not None:
                 chk = astro.check_wcs(refined, obj, cat.table, match_r, shape)
                 run.log(f"{label} refined by SCAMP: {chk}")
@@ -450,7 +455,9 @@ def _astrometry(run, settings, obj, header, state, fwhm, shape):
     cat = catalog_for(ra, dec, radius * 1.1 + 2.0 / 60)
     match_r = max(fwhm * pixscale, 1.0)
     refined = astro.scamp_refine(obj, cat.table, w, sr_arcsec=max(2 * fwhm * pixscale, 2.0), order=p.wcs_order,
-                                 mag_col=mag_col, tmpdir=run.tmpdir, log=run.log) if p.refine_wcs else None
+                                 mag_col=mag_col, tmpdir=run.tmpdir, log=run.log,
+                                 isolation_radius_deg=2 * fwhm * pixscale / 3600 if p.blend_filter else None) \
+        if p.refine_wcs else None
     best, label = w, "blind match (astrometry.net)"
     chk = astro.check_wcs(w, obj, cat.table, match_r, shape)
     if refined is not None:
