@@ -20,7 +20,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
-from .store_settings import StoreSettings
+from .store_settings import StackSettings, StoreSettings
 
 
 class Section(BaseModel):
@@ -646,6 +646,7 @@ class Settings(Section):
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
     calibration: CalibrationSettings = Field(default_factory=CalibrationSettings)
     store: StoreSettings = Field(default_factory=StoreSettings)
+    stack: StackSettings = Field(default_factory=StackSettings)
     daemon: DaemonSettings = Field(default_factory=DaemonSettings)
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     instruments_dir: Path = Path("config/instruments")

@@ -33,3 +33,27 @@ class StoreSettings(BaseModel):
                                           "`high_proper_motion_mas` is `high proper motion`")
     high_proper_motion_mas: float = Field(100.0, gt=0, description="mas/yr")
     catalog_match_arcsec: float = Field(2.0, gt=0, description="candidate–catalogue match radius")
+
+
+class StackSettings(BaseModel):
+    """The `[stack]` section: stacking sequences automatically in the daemon (stdd/stack/,
+    stdd/daemon/stacking.py). `stdd stack` uses `method`, `subtract_bg` and `mask_cosmics` too."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    enabled: bool = Field(False, description="stack sequences of done frames automatically when they close")
+    method: str = Field("sum", pattern="^(sum|clipped_mean|median)$",
+                        description="sum (STDWeb's default) / clipped_mean / median")
+    subtract_bg: bool = Field(True, description="remove each input's background first (STDWeb: stack_subtract_bg)")
+    mask_cosmics: bool = Field(False, description="mask cosmic rays in each input first (STDWeb: stack_mask_cosmics)")
+    max_gap_minutes: float = Field(10.0, gt=0, description="frames of one field and filter no further apart than "
+                                                          "this are one sequence; it closes this long after its "
+                                                          "last frame")
+    close_after_minutes: float | None = Field(
+        None, gt=0, description="a sequence closes once none of its frames has finished processing for this long "
+                                "(default: max_gap_minutes)")
+    min_frames: int = Field(3, ge=2, description="fewer frames in a closed sequence: no stack")
+    max_frames: int = Field(20, ge=2, description="a longer sequence is stacked in parts of at most this many")
+    field_radius_arcmin: float = Field(5.0, gt=0, description="frames whose centres are this close are one field")
+    alert_regions: bool = Field(True, description="frames covering one alert's region are one field, wherever "
+                                                  "they point")

@@ -35,7 +35,7 @@ class Scheduler:
             "rescan": self.rescan, "retry": self.retry, "retention": self.retention, "summary": self.summary,
             "cache": self.cache, "status": self.status, "watchdog": self.watchdog,
             "own_templates": self.own_templates, "calibration": self.calibration,
-            "calibration_daily": self.calibration_daily,
+            "calibration_daily": self.calibration_daily, "stacks": self.stacks,
         }
 
     def start(self) -> None:
@@ -79,6 +79,10 @@ class Scheduler:
             jobs_.append(("calibration_daily", CronTrigger(hour=c.build_hour_utc, minute=15, timezone="UTC")))
         elif replace and self.aps.get_job("calibration_daily"):
             self.aps.remove_job("calibration_daily")
+        if s.stack.enabled:
+            jobs_.append(("stacks", IntervalTrigger(seconds=min(60.0, max(5.0, s.stack.max_gap_minutes * 60 / 4)))))
+        elif replace and self.aps.get_job("stacks"):
+            self.aps.remove_job("stacks")
         if self.d.notifier.watchdog_seconds:
             jobs_.append(("watchdog", IntervalTrigger(seconds=max(0.2, self.d.notifier.watchdog_seconds / 3))))
         for job_id, trigger in jobs_:
@@ -226,6 +230,12 @@ class Scheduler:
                              level="WARNING" if report["failed"] else "INFO")
         d.wake_dispatcher()
         return report
+
+    async def stacks(self):
+        """Closed sequences of done frames stacked and queued (stdd/daemon/stacking.py)."""
+        from .stacking import Stacker
+
+        return await Stacker(self.d).run()
 
     async def calibration_daily(self):
         return await self.calibration(force=True)

@@ -69,6 +69,20 @@ def read_input(path: Path, zp: float | None = None) -> Input:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         w = WCS(header)
+        # a processed frame's image (its work folder): its refined WCS and what inspect decided
+        side = Path(path).parent
+        if Path(path).name == "image.fits" and (side / "image.wcs").is_file():
+            w = WCS(fits.getheader(side / "image.wcs"))
+            notes.append("the refined WCS of its photometry stage")
+        if Path(path).name == "image.fits" and (side / "inspect.json").is_file():
+            import json
+
+            state = json.loads((side / "inspect.json").read_text())
+            gain = state.get("gain") or gain
+            sat = state.get("saturation") or sat
+            exptime = state.get("exptime") or exptime
+            if state.get("time_start"):
+                start = Time(state["time_start"])
     return Input(Path(path), np.asarray(data, dtype=np.float64), header, float(gain or 1.0),
                  float(sat) if sat else None, float(exptime or 1.0), start, w if w.has_celestial else None, zp,
                  notes=notes)

@@ -193,8 +193,16 @@ def _v5(db: "sqlite_utils.Database") -> None:
     db["vetting"].create_index(["frame_id", "cand_key"], unique=True)
 
 
+def _v6(db: "sqlite_utils.Database") -> None:
+    """Stacks made by the daemon (stdd/daemon/stacking.py): one row per stacked sequence, keyed by its
+    inputs, with the frame the stack was queued as."""
+    db["stacks"].create({"id": int, "key": str, "frame_id": int, "inputs": str, "path": str, "created_at": float},
+                        pk="id", not_null={"key", "inputs", "created_at"})
+    db["stacks"].create_index(["key"], unique=True)
+
+
 #: Forward migrations, in order. Append; never edit a released one.
-MIGRATIONS: list[Callable[["sqlite_utils.Database"], None]] = [_v1, _v2, _v3, _v4, _v5]
+MIGRATIONS: list[Callable[["sqlite_utils.Database"], None]] = [_v1, _v2, _v3, _v4, _v5, _v6]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
