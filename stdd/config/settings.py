@@ -215,6 +215,21 @@ class PipelineSettings(Section):
     blind_match: bool = True
     # stdd additions (not in STDWeb)
     min_aper_pixels: float = Field(2.0, ge=0, description="aperture radius floor for undersampled frames")
+    # STDWeb parity: photometry (docs/stdweb-settings.md)
+    initial_r0: float = Field(0.0, ge=0, le=20, description="detection smoothing kernel radius, px (SExtractor's "
+                                                          "filter; 0 = none). STDWeb: initial_r0 = 0")
+    fwhm_override: float | None = Field(None, gt=0, le=100, description="a fixed FWHM (px) instead of the measured "
+                                                                     "one (the aperture follows it). STDWeb: none")
+    force_color_term: float | None = Field(None, ge=-5, le=5, description="a fixed colour term instead of fitting "
+                                                                       "one. STDWeb: none")
+    cat_mag_lower: float | None = Field(None, description="bright limit of calibration (and WCS) stars, mag. "
+                                                          "STDWeb: none")
+    cat_mag_upper: float | None = Field(None, description="faint limit of calibration stars, mag; replaces "
+                                                          "cat_limit when set. STDWeb: none")
+    sr_override: float | None = Field(None, gt=0, le=60, description="catalogue matching radius, arcsec (default: "
+                                                                    "from the FWHM). STDWeb: none")
+    write_segmentation: bool = Field(False, description="also write SExtractor's segmentation map "
+                                                        "(segmentation.fits)")
     # STDWeb parity: inspect and targets (docs/stdweb-settings.md)
     time: str | None = Field(
         None, description="observation (start) time overriding the header's, ISO (2026-03-01T03:00:00) or MJD; "

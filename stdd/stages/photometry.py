@@ -82,10 +82,13 @@ def _photometry(run: StageRun, settings: StageSettings):
         res = sp.get_objects_sextractor(image, mask=mask, mask_detect=detect_mask, thresh=p.detection_thresh,
                                         aper=p.initial_aper, gain=gain or 0.0, edge=max(4, int(p.initial_aper)),
                                         minarea=p.minarea, sn=3.0, bg_size=_bg_size(p.bg_size, shape),
+                                        r0=p.initial_r0,
                                         extra_params=["MAG_AUTO", "ISOAREA_IMAGE", "XWIN_IMAGE", "YWIN_IMAGE",
                                                       "ERRX2WIN_IMAGE", "ERRY2WIN_IMAGE", "NUMBER"],
                                         checkimages=["SEGMENTATION"], _tmpdir=tmp, verbose=run.log)
     obj, segm = res if isinstance(res, list) else (res, None)
+    if p.write_segmentation and segm is not None:
+        write_fits(run.product("segmentation.fits"), np.asarray(segm, dtype=np.int32))
     if obj is None:
         raise StageError(f"{STAGE}: SExtractor (source-extractor) failed; see photometry.log")
     # windowed centroids are the accurate ones (SExtractor manual); keep the isophotal ones where
@@ -110,7 +113,11 @@ def _photometry(run: StageRun, settings: StageSettings):
         _prefilter(run, obj)
 
     fwhm0 = measured_fwhm(run, obj)
-    fwhm = fit_fwhm(run, image, mask, obj, fwhm0)
+    if p.fwhm_override:
+        fwhm = float(p.fwhm_override)
+        run.log(f"FWHM set by fwhm_override: {fwhm:.2f} px (measured {fwhm0:.2f} px)")
+    else:
+        fwhm = fit_fwhm(run, image, mask, obj, fwhm0)
     aper = max(p.rel_aper * fwhm, p.min_aper_pixels)
     run.log(f"FWHM {fwhm:.2f} px; aperture radius {aper:.2f} px, annulus {p.rel_bg1 * fwhm:.1f}..{p.rel_bg2 * fwhm:.1f} px")
 
@@ -195,6 +202,7 @@ def _photometry(run: StageRun, settings: StageSettings):
     out = obj[keep]
     out.meta = {"FWHM": fwhm, "APER": aper, "ZP": summary_zp["zp"], "BAND": band}
     write_table(run.product("objects.fits"), out)
+    write_table(run.product("objects.parquet"), out)  # STDWeb's objects product
     write_table(run.product("catalog.fits"), cat)
     rows = [{"ra": r["ra"], "dec": r["dec"]} for r in out[:5000]]
     write_text(run.product("objects.reg"), ds9_regions(rows, color="green", radius_arcsec=max(1.0, fwhm_arcsec), label=None))
@@ -362,7 +370,8 @@ def _astrometry(run, settings, obj, header, state, fwhm, shape):
         empty = Table({"RAJ2000": np.zeros(0), "DEJ2000": np.zeros(0)})
         ra, dec, radius, pixscale, _ = frame_geometry(w0, shape)
         sol = astro.Solution(w0, "header WCS (unchecked)", astro.WcsCheck(0, 0.0, None, len(obj)))
-        return sol, empty, {"source": None, "match_radius": match_radius_arcsec(fwhm, pixscale)}
+        return sol, empty, {"source": None,
+                            "match_radius": settings.pipeline.sr_override or match_radius_arcsec(fwhm, pixscale)}
     candidates = astro.header_candidates(w0, shape, header) if w0 is not None else []
     reasons = []
     tried_cones = {}
@@ -492,7 +501,8 @@ def _final_catalog(run, settings, sol, shape, fwhm, cat, catalog_for):
     from ..sources.catalogs import cone
 
     table = cone(final.table, ra, dec, radius * 1.05)
-    return table, {"source": final.source, "match_radius": match_radius_arcsec(fwhm, pixscale)}
+    return table, {"source": final.source,
+                   "match_radius": settings.pipeline.sr_override or match_radius_arcsec(fwhm, pixscale)}
 
 
 def _calibrate(run, p, obj, cat: Table, band: str, fwhm: float, pixscale: float, aper: float):
@@ -512,7 +522,10 @@ def _calibrate(run, p, obj, cat: Table, band: str, fwhm: float, pixscale: float,
                      "(the nearest band it has)")
     col = f"{cat_band}mag"
     c = cat[np.isfinite(np.asarray(cat[col], float))]
-    c = c[np.asarray(c[col], float) <= p.cat_limit]
+    faint = p.cat_mag_upper if p.cat_mag_upper is not None else p.cat_limit
+    c = c[np.asarray(c[col], float) <= faint]
+    if p.cat_mag_lower is not None:
+        c = c[np.asarray(c[col], float) >= p.cat_mag_lower]
     if p.blend_filter and len(c) > 1:
         c = filter_blends(c, col, 2 * fwhm * pixscale / 3600)
     color = None
@@ -524,8 +537,14 @@ def _calibrate(run, p, obj, cat: Table, band: str, fwhm: float, pixscale: float,
     if len(c) < 3:
         notes.append(f"only {len(c)} catalogue stars with {col} <= {p.cat_limit}; no photometric calibration")
         return None, None, notes, None
-    sr = match_radius_arcsec(fwhm, pixscale) / 3600
+    sr = (p.sr_override or match_radius_arcsec(fwhm, pixscale)) / 3600
     order = p.spatial_order
+    force = {}
+    if p.force_color_term is not None:
+        if color:
+            force = {"force_color_term": float(p.force_color_term)}
+        else:
+            notes.append(f"force_color_term {p.force_color_term} not used: the catalogue has no {c1}-{c2} colour")
     ecol = f"e_{col}" if f"e_{col}" in c.colnames and np.any(np.isfinite(np.asarray(c[f'e_{col}'], float))) else None
     if ecol is not None:
         c = c.copy()
@@ -541,7 +560,7 @@ def _calibrate(run, p, obj, cat: Table, band: str, fwhm: float, pixscale: float,
                 cat_col_mag=col, cat_col_mag_err=ecol, cat_col_mag1=f"{c1}mag" if color else None,
                 cat_col_mag2=f"{c2}mag" if color else None, cat_col_ra="RAJ2000", cat_col_dec="DEJ2000",
                 accept_flags=0x02, robust=True, scale_noise=True, max_intrinsic_rms=0.02,
-                use_color=bool(color), update=False, verbose=run.log)
+                use_color=bool(color), update=False, verbose=run.log, **force)
         if m is not None and m["idx"].sum() >= max(3 * n_par, 5):
             if attempt_order < order:
                 notes.append(f"zero-point spatial order lowered from {order} to {attempt_order}: "

@@ -30,8 +30,9 @@ OWNED: dict[str, tuple[str, ...]] = {
     "calibrate": ("calibrated.fits", "calibrated_err.fits", "calibrated_mask.fits", "calibrate.json"),
     "inspect": ("image.fits", "mask.fits", "inspect.json", "image_target.fits", "plots/inspect_*",
                 "background.fits", "background_rms.fits"),
-    "photometry": ("objects.fits", "catalog.fits", "image.wcs", "zeropoint.json", "photometry.json",
-                   "targets.ecsv", "target.vot", "objects.reg", "plots/photometry_*", "astrometry_index/*"),
+    "photometry": ("objects.fits", "objects.parquet", "segmentation.fits", "catalog.fits", "image.wcs",
+                   "zeropoint.json", "photometry.json", "targets.ecsv", "target.vot", "objects.reg",
+                   "plots/photometry_*", "astrometry_index/*"),
     "transients": ("candidates_simple.ecsv", "candidates_simple.reg", "transients.json", "cutouts/simple_*",
                    "plots/transients_*"),
     "subtraction": ("template.fits", "template_mask.fits", "diff.fits", "diff_err.fits", "sub/*",
@@ -120,7 +121,7 @@ def write_fits(path: Path, data, header=None) -> None:
 
 def write_table(path: Path, table) -> None:
     path = Path(path)
-    fmt = {".ecsv": "ascii.ecsv", ".vot": "votable"}.get(path.suffix, "fits")
+    fmt = {".ecsv": "ascii.ecsv", ".vot": "votable", ".parquet": "parquet"}.get(path.suffix, "fits")
     with atomic_path(path) as tmp:
         table.write(tmp, format=fmt, overwrite=True)
 
