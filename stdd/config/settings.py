@@ -179,6 +179,13 @@ def parse_crop(value) -> tuple[int, int, int, int]:
     return x0, x1, y0, y1
 
 
+#: HOTPANTS's command-line options (its usage text), without the leading dash
+HOTPANTS_OPTIONS = frozenset((
+    "tu tuk tl tg tr tp tni tmi iu iuk il ig ir ip ini imi ki r kcs ft sft nft mins mous omi gd nrx nry rss "
+    "savexy afssc nss stamp_pos ssig ko bgo n fom c v savexy hki oci oni ond obs obz nsx nsy ng convvar "
+    "cmp oin sconv useWeight fi okn allm mcs ks").split())
+
+
 class PipelineSettings(Section):
     """Processing parameters; defaults are STDWeb's."""
 
@@ -230,6 +237,30 @@ class PipelineSettings(Section):
                                                                     "from the FWHM). STDWeb: none")
     write_segmentation: bool = Field(False, description="also write SExtractor's segmentation map "
                                                         "(segmentation.fits)")
+    # STDWeb parity: transients and subtraction (docs/stdweb-settings.md)
+    simple_center: str | None = Field(None, description="restrict the simple-transient search to a cone around "
+                                                         "this position (\"RA Dec\", degrees or sexagesimal). "
+                                                         "STDWeb: none")
+    simple_sr0: float = Field(1.0, gt=0, le=180, description="radius of that cone, degrees")
+    simple_skybot: bool | None = Field(None, description="STDWeb's name of `skybot` (known asteroids rejected, "
+                                                          "online; STDWeb's default true, stdd's false as it runs "
+                                                          "offline by default); when set it wins over skybot")
+    filter_center: str | None = Field(None, description="restrict difference candidates to a cone around this "
+                                                         "position. STDWeb: none")
+    filter_sr0: float = Field(1.0, gt=0, le=180, description="radius of that cone, degrees (STDWeb: 1)")
+    cutout_size: int | None = Field(None, ge=9, le=401, description="cutout size, px (STDWeb: 30); when set, "
+                                                                    "cutout_radius = cutout_size // 2")
+    hotpants_extra: dict[str, float | int | str] = Field(
+        default_factory=lambda: {"ko": 0, "bgo": 0},
+        description="HOTPANTS options passed as given (nrx, nry, nsx, nsy, nss, rss, kcs, ft, nft, ssig, ks, ko, "
+                    "bgo, ...). STDWeb: {ko: 0, bgo: 0}")
+    template_fwhm_override: float | None = Field(None, gt=0, le=100, description="the template's FWHM, px "
+                                                                                "(HOTPANTS). STDWeb: none")
+    custom_template_gain: float | None = Field(None, gt=0, description="gain (e-/ADU) of a custom template "
+                                                                        "(default: its header's GAIN; STDWeb: 10000)")
+    custom_template_saturation: float | None = Field(None, gt=0, description="saturation (ADU) of a custom "
+                                                                              "template (default: its SATURATE)")
+
     # STDWeb parity: inspect and targets (docs/stdweb-settings.md)
     time: str | None = Field(
         None, description="observation (start) time overriding the header's, ISO (2026-03-01T03:00:00) or MJD; "
@@ -344,6 +375,16 @@ class PipelineSettings(Section):
             raise ValueError("blind_match_ps_up must be larger than blind_match_ps_lo")
         if self.rel_bg2 <= self.rel_bg1:
             raise ValueError("rel_bg2 must be larger than rel_bg1")
+        from .positions import parse_center
+
+        for key in ("simple_center", "filter_center"):
+            try:
+                parse_center(getattr(self, key))
+            except ValueError as e:
+                raise ValueError(f"{key}: {e}") from None
+        unknown = sorted(set(self.hotpants_extra) - HOTPANTS_OPTIONS)
+        if unknown:
+            raise ValueError(f"hotpants_extra: unknown HOTPANTS option(s) {', '.join(unknown)}")
         return self
 
 
@@ -371,7 +412,7 @@ class TemplateSettings(Section):
     source: Literal["none", "local", "custom", "survey"] = "local"
     folder: Path | None = Path("var/templates")
     file: Path | None = None
-    survey: Literal["auto", "ps1", "ls", "hips"] = "auto"
+    survey: Literal["auto", "ps1", "ls", "hips", "des", "decaps", "ztf", "2mass", "skymapper"] = "auto"
     hips: str | None = None
     timeout_seconds: float = Field(120.0, gt=0)
     min_overlap: float = Field(0.5, gt=0, le=1, description="local library: least fraction of the frame covered")

@@ -282,6 +282,15 @@ def local_template(folder: Path, band: str, wcs: WCS, shape, *, min_overlap: flo
 
 # ---------------------------------------------------------------- surveys
 
+#: the surveys STDWeb names, as CDS HiPS ids by band (template.survey = "des", ...; template.hips wins)
+NAMED_HIPS = {
+    "des": lambda b: f"CDS/P/DES-DR2/{b}",
+    "decaps": lambda b: f"CDS/P/DECaPS/DR2/{b}",
+    "ztf": lambda b: f"CDS/P/ZTF/DR7/{b}",
+    "2mass": lambda b: f"CDS/P/2MASS/{b.upper()[:1]}",
+    "skymapper": lambda b: f"CDS/P/skymapper-{b.upper()}",
+}
+
 def survey_template(survey: str, band: str, wcs: WCS, shape, *, hips: str | None, offline: bool,
                     cache_dir: Path, method: str, tmpdir, timeout: float, log: Log) -> Template:
     from stdpipe import templates as stt
@@ -293,8 +302,8 @@ def survey_template(survey: str, band: str, wcs: WCS, shape, *, hips: str | None
     if survey == "auto":
         survey = "hips" if hips else suggest_template(band, ra, dec)
     sband = survey_band(band)
-    if survey == "skymapper":
-        hips = hips or f"CDS/P/skymapper-{sband.upper()}"
+    if survey in NAMED_HIPS:
+        hips = hips or NAMED_HIPS[survey](sband)
         survey = "hips"
     source = f"survey:{survey}" + (f":{hips}" if survey == "hips" else f":{sband}")
     if offline:

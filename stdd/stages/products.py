@@ -36,7 +36,7 @@ OWNED: dict[str, tuple[str, ...]] = {
     "transients": ("candidates_simple.ecsv", "candidates_simple.reg", "transients.json", "cutouts/simple_*",
                    "plots/transients_*"),
     "subtraction": ("template.fits", "template_mask.fits", "diff.fits", "diff_err.fits", "sub/*",
-                    "candidates_sub.ecsv", "candidates_sub.reg", "targets_sub.ecsv", "subtraction.json",
+                    "candidates_sub.ecsv", "candidates_sub.reg", "targets_sub.ecsv", "sub_target.vot", "subtraction.json",
                     "cutouts/sub_*", "plots/subtraction_*"),
 }
 

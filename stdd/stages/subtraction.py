@@ -39,6 +39,8 @@ from astropy.wcs import WCS
 from . import threads as frame_threads
 from .base import StageError, StageSettings
 from .measure import measure
+from .candidate_cone import inside, parse_center
+from .transients import cutout_radius
 from .products import (guarded, StageRun, ds9_regions, finite_or_none, read_json, write_fits, write_json, write_table,
                        write_text)
 from .transients import touches, candidate_rows, write_cutout
@@ -108,6 +110,13 @@ def _subtraction(run: StageRun, settings: StageSettings):
         why = ("template.source = 'none'" if settings.template.source == "none" else
                f"no template of band {state['band']} covering the frame in {settings.template.folder}")
         return run.skipped(f"no subtraction: {why}", {"template": None, "sub_method": None})
+    if settings.template.source == "custom" or tfile:
+        # STDWeb's custom-template noise model: given values win over the template's header
+        if p.custom_template_gain:
+            tmpl.gain = float(p.custom_template_gain)
+        if p.custom_template_saturation:
+            tmpl.saturation = float(p.custom_template_saturation)
+        run.log(f"custom template: gain {tmpl.gain}, saturation {tmpl.saturation}")
     for n in tmpl.notes:
         run.note(n)
     template = tmpl.image
@@ -175,6 +184,10 @@ def _subtraction(run: StageRun, settings: StageSettings):
     rows = []
     if p.sub_mode == "detection":
         cands = vstack(all_cands) if all_cands else Table()
+        if len(cands) and p.filter_center:  # STDWeb's cone restriction of difference candidates
+            within = inside(cands["ra"], cands["dec"], parse_center(p.filter_center), p.filter_sr0)
+            run.log(f"{int((~within).sum())} candidate(s) outside the filter_center cone ({p.filter_sr0:g}°) dropped")
+            cands = cands[within]
         if len(cands):
             order = np.argsort(np.where(np.isfinite(cands["mag_calib"]), cands["mag_calib"], 99.0))
             cands = cands[order]
@@ -383,7 +396,8 @@ def _tile(run, settings, method, image, template, mask, bits, tmask, wcs, header
             elif method == "hotpants":
                 hp_log = run.folder / tdir / "hotpants.log"
                 res = ssub.run_hotpants(img_bs, tpl_bs, mask=m, template_mask=tm, err=err, template_err=terr,
-                                        image_fwhm=fwhm, template_fwhm=None, image_gain=gain,
+                                        image_fwhm=fwhm, template_fwhm=p.template_fwhm_override, image_gain=gain,
+                                        extra=dict(p.hotpants_extra),
                                         template_gain=tgain or 1e6, obj=tobj if len(tobj) else None,
                                         get_convolved=True, get_noise=True, _tmpdir=str(run.tmpdir),
                                         _exe=_program_logged_to(hotpants_exe(settings), hp_log, run.tmpdir),
@@ -685,7 +699,7 @@ def _cutouts(run, rows, p, image, template, conv, diff, err, bits, tmask, header
     for r in rows[:p.max_cutouts]:
         planes = {"image": image, "template": template, "convolved": conv, "diff": diff, "err": err,
                   "mask": ((bits > 0) | tmask).astype(np.uint8)}
-        write_cutout(run, f"cutouts/{r['id']}", r, planes, header, wcs, p.cutout_radius)
+        write_cutout(run, f"cutouts/{r['id']}", r, planes, header, wcs, cutout_radius(p))
         r["cutout"] = f"cutouts/{r['id']}.png"
 
 
@@ -725,4 +739,5 @@ def _targets(run, p, state, diff, err, badmask, wcs, zp, fwhm, aper) -> list[dic
         t = Table({c: [e[c] if e[c] is not None else np.nan for e in out] for c in cols})
         t.add_column([e["name"] for e in out], name="name", index=0)
         write_table(run.product("targets_sub.ecsv"), t)
+        write_table(run.product("sub_target.vot"), t)  # STDWeb's product
     return out

@@ -29,6 +29,7 @@ from astropy.table import Table
 from astropy.wcs import WCS
 
 from .base import StageError, StageSettings
+from .candidate_cone import inside, parse_center
 from .products import guarded, StageRun, ds9_regions, finite_or_none, read_json, write_json, write_table, write_text
 
 STAGE = "transients"
@@ -97,8 +98,12 @@ def _transients(run: StageRun, settings: StageSettings):
     drop(_on_a_wing(obj, keep, fwhm, aper), "on the wing of a much brighter star")
     # Vizier catalogues (online)
     _vizier_checks(run, settings, obj, mag, keep, drop, fwhm, pixscale, phot)
-    if p.skybot:
+    if p.simple_skybot if p.simple_skybot is not None else p.skybot:
         _skybot(run, settings, obj, keep, drop, state)
+    if p.simple_center:  # STDWeb's cone restriction of the search
+        center = parse_center(p.simple_center)
+        drop(~inside(obj["ra"], obj["dec"], center, p.simple_sr0),
+             f"outside the simple_center cone ({p.simple_sr0:g}°)")
 
     cand = obj[keep]
     cmag = mag[keep]
@@ -246,6 +251,11 @@ def _vizier_checks(run, settings, obj, mag, keep, drop, fwhm, pixscale, phot):
              f"in {name}")
 
 
+def cutout_radius(p) -> int:
+    """Half the cutout's side: STDWeb's cutout_size when set, else cutout_radius."""
+    return int(p.cutout_size) // 2 if p.cutout_size else p.cutout_radius
+
+
 def _skybot(run, settings, obj, keep, drop, state):
     if not keep.any():
         return
@@ -327,7 +337,7 @@ def _cutouts(run, rows, p):
         wcs = WCS(afits.getheader(run.folder / "image.wcs"))
     for r in rows[:p.max_cutouts]:
         planes = {"image": image, "mask": bits}
-        write_cutout(run, f"cutouts/{r['id']}", r, planes, header, wcs, p.cutout_radius)
+        write_cutout(run, f"cutouts/{r['id']}", r, planes, header, wcs, cutout_radius(p))
         r["cutout"] = f"cutouts/{r['id']}.png"
 
 
