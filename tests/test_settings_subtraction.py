@@ -107,3 +107,16 @@ def test_hotpants_extra_is_checked_against_hotpants_options():
         PipelineSettings(hotpants_extra={"nsxx": 10})
     with pytest.raises(ValueError, match="filter_center"):
         PipelineSettings(filter_center="somewhere nice")
+
+
+def test_simple_others_rejects_what_another_frame_saw(base):
+    d, fp, work, res, t = base
+    r, w = rerun(base, "others", "transients", simple_others=[str(work)])  # a frame that saw the same sky
+    assert r["candidates_simple"] == []
+    assert any("in base" in line for line in (w / "transients.log").read_text().splitlines())
+
+
+def test_filter_skybot_and_vizier_offline_are_recorded(base):
+    r, w = rerun(base, "fsky", "subtraction", filter_skybot=True)
+    assert any("SkyBoT" in n and "offline" in n for n in r["notes"]), r["notes"]
+    assert len(r["candidates_sub"]) >= 1  # nothing dropped on a check that was not done

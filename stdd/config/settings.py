@@ -245,6 +245,14 @@ class PipelineSettings(Section):
     simple_skybot: bool | None = Field(None, description="STDWeb's name of `skybot` (known asteroids rejected, "
                                                           "online; STDWeb's default true, stdd's false as it runs "
                                                           "offline by default); when set it wins over skybot")
+    simple_others: list[Path] = Field(
+        default_factory=list, description="other frames (result or work folders with objects.fits, or objects "
+                                          "tables): simple candidates found in them too are not new. STDWeb: ''")
+    filter_vizier: bool = Field(False, description="difference candidates on a known object of the Vizier "
+                                                   "catalogues (catalog.transient_catalogs) are dropped; online. "
+                                                   "STDWeb: false")
+    filter_skybot: bool = Field(False, description="difference candidates on a known asteroid (SkyBoT) are dropped; "
+                                                   "online. STDWeb: false")
     filter_center: str | None = Field(None, description="restrict difference candidates to a cone around this "
                                                          "position. STDWeb: none")
     filter_sr0: float = Field(1.0, gt=0, le=180, description="radius of that cone, degrees (STDWeb: 1)")

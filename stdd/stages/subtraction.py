@@ -40,7 +40,7 @@ from . import threads as frame_threads
 from .base import StageError, StageSettings
 from .measure import measure
 from .candidate_cone import inside, parse_center
-from .transients import cutout_radius
+from .transients import cutout_radius, skybot_check, vizier_check
 from .products import (guarded, StageRun, ds9_regions, finite_or_none, read_json, write_fits, write_json, write_table,
                        write_text)
 from .transients import touches, candidate_rows, write_cutout
@@ -184,6 +184,21 @@ def _subtraction(run: StageRun, settings: StageSettings):
     rows = []
     if p.sub_mode == "detection":
         cands = vstack(all_cands) if all_cands else Table()
+        if len(cands) and (p.filter_vizier or p.filter_skybot):  # STDWeb's checks of difference candidates
+            keep = np.ones(len(cands), bool)
+
+            def drop(mask, why):
+                n = int((keep & mask).sum())
+                keep[mask] = False
+                if n:
+                    run.log(f"{n} difference candidate(s) dropped: {why}")
+            pixscale = float(phot["pixscale_arcsec"]) if phot else 1.0
+            if p.filter_vizier and phot:
+                vizier_check(run, settings, cands, np.asarray(cands["mag_calib"], float), keep, drop, fwhm, pixscale,
+                             phot)
+            if p.filter_skybot:
+                skybot_check(run, settings, cands, keep, drop, state)
+            cands = cands[keep]
         if len(cands) and p.filter_center:  # STDWeb's cone restriction of difference candidates
             within = inside(cands["ra"], cands["dec"], parse_center(p.filter_center), p.filter_sr0)
             run.log(f"{int((~within).sum())} candidate(s) outside the filter_center cone ({p.filter_sr0:g}°) dropped")

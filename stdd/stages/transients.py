@@ -97,9 +97,14 @@ def _transients(run: StageRun, settings: StageSettings):
         run.note("no reference catalogue: every clean object is a candidate")
     drop(_on_a_wing(obj, keep, fwhm, aper), "on the wing of a much brighter star")
     # Vizier catalogues (online)
-    _vizier_checks(run, settings, obj, mag, keep, drop, fwhm, pixscale, phot)
+    vizier_check(run, settings, obj, mag, keep, drop, fwhm, pixscale, phot)
     if p.simple_skybot if p.simple_skybot is not None else p.skybot:
-        _skybot(run, settings, obj, keep, drop, state)
+        skybot_check(run, settings, obj, keep, drop, state)
+    if p.simple_others:  # STDWeb: detections present in other frames are not new
+        for other in p.simple_others:
+            seen = objects_of(run, other)
+            if seen is not None and len(seen):
+                drop(near_catalog(obj, seen, max(fwhm, 1.0) * pixscale), f"in {Path(other).name}")
     if p.simple_center:  # STDWeb's cone restriction of the search
         center = parse_center(p.simple_center)
         drop(~inside(obj["ra"], obj["dec"], center, p.simple_sr0),
@@ -223,7 +228,7 @@ def near_catalog(obj, cat, radius_arcsec) -> np.ndarray:
     return out
 
 
-def _vizier_checks(run, settings, obj, mag, keep, drop, fwhm, pixscale, phot):
+def vizier_check(run, settings, obj, mag, keep, drop, fwhm, pixscale, phot):
     from ..sources import OfflineError, SourceError
     from ..sources import catalogs as scat
 
@@ -251,12 +256,28 @@ def _vizier_checks(run, settings, obj, mag, keep, drop, fwhm, pixscale, phot):
              f"in {name}")
 
 
+def objects_of(run, other) -> Table | None:
+    """The objects of another frame: its result or work folder (objects.fits), or an objects table."""
+    path = Path(other)
+    if path.is_dir():
+        path = path / "objects.fits"
+    try:
+        t = Table.read(path)
+    except (OSError, ValueError) as e:
+        run.note(f"simple_others: {other} cannot be read ({e}); not used")
+        return None
+    if not {"ra", "dec"} <= set(t.colnames):
+        run.note(f"simple_others: {other} has no ra/dec columns; not used")
+        return None
+    return Table({"RAJ2000": t["ra"], "DEJ2000": t["dec"]})
+
+
 def cutout_radius(p) -> int:
     """Half the cutout's side: STDWeb's cutout_size when set, else cutout_radius."""
     return int(p.cutout_size) // 2 if p.cutout_size else p.cutout_radius
 
 
-def _skybot(run, settings, obj, keep, drop, state):
+def skybot_check(run, settings, obj, keep, drop, state):
     if not keep.any():
         return
     if settings.offline:
