@@ -163,7 +163,7 @@ async def test_light_curves_and_candidate_histories_over_three_nights(series, tm
                 forced = await r.json()
             async with s.get(svc.url + "/lightcurve", params={"ra": t_ra, "dec": t_dec, "format": "votable"}) as r:
                 assert r.status == 200 and b"VOTABLE" in await r.read()
-            async with s.get(svc.url + "/candidates") as r:
+            async with s.get(svc.url + "/candidates", params={"non_detections": "true"}) as r:
                 assert r.status == 200
                 cands = (await r.json())["candidates"]
             async with s.get(svc.url + "/lightcurve", params={"ra": 400, "dec": 0}) as r:
@@ -180,6 +180,8 @@ async def test_light_curves_and_candidate_histories_over_three_nights(series, tm
         at_transient = [c for c in cands if near(c, series["transient"])]
         assert len(at_transient) == 1 and at_transient[0]["state"] == "confirmed"
         assert at_transient[0]["n_det"] >= 4
+        assert [n["frame_id"] for n in at_transient[0]["non_detections"]] == [1, 2]  # with their limits
+        assert all(n["limit"] > TRANSIENT_MAG for n in at_transient[0]["non_detections"])
         at_variable = [c for c in cands if near(c, series["variable"])]
         assert len(at_variable) == 1 and at_variable[0]["state"] == "known variable"
         mover_pos = [series["mover"], (series["mover"][0] + MOVER_RATE * 0.5 / 3600 / math.cos(math.radians(DEC)),

@@ -219,6 +219,17 @@ class CandidateHistory:
             row[key] = json.loads(row[key]) if row.get(key) else None
         return row
 
+    def non_detections(self, c: dict) -> list[dict]:
+        """Frames covering the candidate (from 30 days before its first detection) without a detection
+        of it, with their limits."""
+        from ..store.measurements import MeasurementStore
+
+        seen = {d["frame_id"] for d in self.detections(c["id"])}
+        return [{"frame_id": f["id"], "mjd": f["mjd"], "filter": f["filter"], "limit": f["mag_limit"]}
+                for f in MeasurementStore(self.db).frames_covering(c["ra"], c["dec"])
+                if f["id"] not in seen and f["mjd"] is not None and c["first_mjd"] is not None
+                and f["mjd"] >= c["first_mjd"] - 30]
+
     def list(self, state: str | None = None, limit: int = 200, offset: int = 0) -> list[dict]:
         sql = "SELECT id FROM candidates" + (" WHERE state = ?" if state else "") + \
               " ORDER BY last_mjd DESC, id DESC LIMIT ? OFFSET ?"

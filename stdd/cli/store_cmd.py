@@ -73,7 +73,6 @@ def register(cli: click.Group) -> None:
     def candidates_cmd(ctx, state, limit, as_json):
         """Candidates followed across frames: position, first/last seen, detections, state."""
         from ..candidates.history import CandidateHistory
-        from ..store.measurements import MeasurementStore
 
         settings = get_settings(ctx)
         db = _db(settings)
@@ -83,12 +82,7 @@ def register(cli: click.Group) -> None:
             for c in rows:
                 c["detections"] = hist.detections(c["id"])
                 if as_json:
-                    seen = {d["frame_id"] for d in c["detections"]}
-                    c["non_detections"] = [
-                        {"frame_id": f["id"], "mjd": f["mjd"], "filter": f["filter"], "limit": f["mag_limit"]}
-                        for f in MeasurementStore(db).frames_covering(c["ra"], c["dec"])
-                        if f["id"] not in seen and f["mjd"] is not None and c["first_mjd"] is not None
-                        and f["mjd"] >= c["first_mjd"] - 30]
+                    c["non_detections"] = hist.non_detections(c)
         finally:
             db.close()
         if as_json:

@@ -387,7 +387,9 @@ def document(version: str) -> dict[str, Any]:
                 {"name": "state", "in": "query", "schema": {"type": "string", "enum": [
                     "confirmed", "moving", "known variable", "high proper motion", "single"]}},
                 {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 5000}},
-                {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": 10000000}}],
+                {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": 10000000}},
+                {"name": "non_detections", "in": "query", "description": "each with the frames covering it without "
+                 "a detection, and their limits", "schema": {"type": "boolean"}}],
             "responses": {"200": _json({"type": "object", "required": ["candidates"], "additionalProperties": True,
                                         "properties": {"candidates": {"type": "array", "items": {
                                             "type": "object", "additionalProperties": True}}}}, "candidates"),

@@ -58,6 +58,7 @@ async def get_candidates(request: web.Request) -> web.Response:
     if state is not None and state not in STATES:
         raise HttpError(400, f"state must be one of {', '.join(STATES)}, got {state!r}")
     limit = int_param(request, "limit", 200, 1, 5000)
+    with_nd = request.query.get("non_detections", "false").lower() in ("1", "true", "yes")
     offset = int_param(request, "offset", 0, 0, 10_000_000)
     reads = request.app[KEY_READS]
     settings = request.app[KEY_DAEMON].settings
@@ -67,6 +68,8 @@ async def get_candidates(request: web.Request) -> web.Response:
         rows = hist.list(state, limit, offset)
         for c in rows:
             c["detections"] = hist.detections(c["id"])
+            if with_nd:
+                c["non_detections"] = hist.non_detections(c)
         return {"candidates": rows, "limit": limit, "offset": offset}
 
     return json_response(await reads.run(serialised, run))
