@@ -134,4 +134,6 @@ class DaemonProcess:
                               capture_output=True, text=True, env=self.env, timeout=60)
 
     def result_dirs(self) -> list[Path]:
-        return sorted(p for p in self.results.iterdir() if p.is_dir() and p.name[0].isdigit())
+        """The frames' current result folders (not the versions kept beside them, `<name>.versions`)."""
+        return sorted(p for p in self.results.iterdir() if p.is_dir() and p.name[0].isdigit()
+                      and not p.name.endswith(".versions"))

@@ -210,6 +210,9 @@ def test_daemon_killed_mid_run_then_restarted_gives_one_result_per_frame(daemon,
     assert len(dirs) == n
     assert sorted(json.loads((p / "result.json").read_text())["frame_id"] for p in dirs) == sorted(
         f["id"] for f in frames)
+    # a frame published just before the kill and run again keeps that first result as a version
+    for v in d2.results.glob("*.versions"):
+        assert (d2.results / v.name[:-len(".versions")]).is_dir() and (v / "run-1" / "result.json").is_file()
     assert not [p for p in d2.results.iterdir() if p.name.startswith(".")]
     assert "queued again, from a clean folder" in d2.log() or not running_pids
     assert d2.stop() == 0
