@@ -147,7 +147,7 @@ def night_of(t: float, lon_deg: float) -> date:
     return (local - timedelta(hours=12)).date()
 
 
-def _frame_time(row: dict) -> float:
+def frame_time(row: dict) -> float:
     """When the frame was taken (its mid-exposure time if known), else when it was recorded."""
     tm = row.get("time_mid")
     if tm:
@@ -168,7 +168,7 @@ def night_summary(frames: FrameStore, night: date, lon_deg: float) -> dict:
     """Frames, failures, median zero point, FWHM and limit of one night (by filter too)."""
     noon = datetime(night.year, night.month, night.day, 12, tzinfo=timezone.utc) - timedelta(hours=lon_deg / 15.0)
     t0 = noon.timestamp() - DAY  # frames may be recorded a while after they were taken
-    rows = [r for r in frames.finished_between(t0, t0 + 3 * DAY) if night_of(_frame_time(r), lon_deg) == night]
+    rows = [r for r in frames.finished_between(t0, t0 + 3 * DAY) if night_of(frame_time(r), lon_deg) == night]
 
     def block(rs):
         done = [r for r in rs if r["state"] == "done"]

@@ -16,23 +16,12 @@ import threading
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
-from ..daemon.jobs import night_of
+from ..daemon.jobs import frame_time, night_of
 from ..pipeline import RESULT_FILE
 
 DAY = 86400.0
 _plot_cache: dict = {}
 _plot_lock = threading.Lock()
-
-
-def frame_time(row: dict) -> float:
-    tm = row.get("time_mid")
-    if tm:
-        try:
-            t = datetime.fromisoformat(str(tm).replace("Z", "+00:00"))
-            return (t if t.tzinfo else t.replace(tzinfo=timezone.utc)).timestamp()
-        except ValueError:
-            pass
-    return row["created_at"]
 
 
 def parse_night(text: str | None, lon_deg: float, now: float) -> date:

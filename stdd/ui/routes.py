@@ -132,14 +132,18 @@ async def post_logout(request: web.Request) -> web.Response:
 
 
 # -- the night -----------------------------------------------------------------------------
+def _night_param(request: web.Request, lon: float):
+    try:
+        return night.parse_night(request.query.get("night"), lon, time.time())
+    except ValueError as e:
+        raise web.HTTPBadRequest(text=str(e))
+
+
 async def page_night(request: web.Request) -> web.Response:
     _require_read(request)
     daemon = request.app[KEY_DAEMON]
     lon = daemon.settings.site.lon
-    try:
-        the_night = night.parse_night(request.query.get("night"), lon, time.time())
-    except ValueError as e:
-        raise web.HTTPBadRequest(text=str(e))
+    the_night = _night_param(request, lon)
     reads = request.app[KEY_READS]
     asked = "night" in request.query
 
@@ -171,10 +175,7 @@ async def night_plot(request: web.Request) -> web.Response:
     _require_read(request)
     daemon = request.app[KEY_DAEMON]
     lon = daemon.settings.site.lon
-    try:
-        the_night = night.parse_night(request.query.get("night"), lon, time.time())
-    except ValueError as e:
-        raise web.HTTPBadRequest(text=str(e))
+    the_night = _night_param(request, lon)
     reads = request.app[KEY_READS]
     rows = await reads.run(lambda: night.frames_of_night(reads.db(), the_night, lon))
     png = await _render(request, night.plot_png, rows, the_night)
