@@ -82,3 +82,11 @@ def test_initial_r0_smooths_detection(field, base):
     res, work = run(field, "r0", initial_r0=2.0)
     assert res["n_objects"] != base[0]["n_objects"]  # smoothing changes what is detected
     assert res["settings"]["pipeline"]["initial_r0"] == 2.0
+
+
+def test_the_diagnostic_plots(base):
+    res, work = base
+    for name in ("photometry_fwhm_map", "photometry_objects", "photometry_mag_histogram", "photometry_zeropoint",
+                 "photometry_astrometry", "photometry_match", "photometry_limit"):
+        assert (work / "plots" / f"{name}.png").stat().st_size > 5000, name
+        assert f"plots/{name}.png" in res["products"]

@@ -759,6 +759,44 @@ def _plots(folder: Path, m, obj, cat, shape, fwhm_arcsec, sn, calibrated: bool) 
             fig = new_figure((7, 4.5))
             splots.plot_detection_limit(obj, sn=sn, ax=fig.add_subplot(1, 1, 1))
             save(fig, "plots/photometry_limit.png")
+        # STDWeb's other diagnostics: the FWHM over the frame, the objects (flagged ones marked), and
+        # the magnitudes detected against the limit
+        x, y = np.asarray(obj["x"], float), np.asarray(obj["y"], float)
+        fl = np.asarray(obj["flags"])
+        if "fwhm" in obj.colnames and len(obj) > 10:
+            fig = new_figure((6.5, 5.5))
+            ax = fig.add_subplot(1, 1, 1)
+            good = (fl & ~0x02) == 0
+            sc = ax.scatter(x[good], y[good], c=np.asarray(obj["fwhm"], float)[good], s=8, cmap="viridis",
+                            vmin=np.nanpercentile(obj["fwhm"], 5), vmax=np.nanpercentile(obj["fwhm"], 95))
+            fig.colorbar(sc, ax=ax, label="FWHM, px")
+            ax.set_xlim(0, shape[1])
+            ax.set_ylim(0, shape[0])
+            ax.set_aspect("equal")
+            ax.set_title("FWHM over the frame (unflagged objects)", fontsize=9)
+            save(fig, "plots/photometry_fwhm_map.png")
+        fig = new_figure((6.5, 6))
+        ax = fig.add_subplot(1, 1, 1)
+        matched = np.isfinite(np.asarray(obj["cat_mag"], float)) if "cat_mag" in obj.colnames else np.zeros(len(obj), bool)
+        flagged = fl != 0
+        ax.plot(x[~flagged & ~matched], y[~flagged & ~matched], ".", ms=3, color="0.5", label="objects")
+        ax.plot(x[matched], y[matched], "o", ms=4, mfc="none", color="C0", label="calibration stars")
+        ax.plot(x[flagged], y[flagged], "x", ms=3, color="C3", label="flagged (blends, masks, shape)")
+        ax.set_xlim(0, shape[1])
+        ax.set_ylim(0, shape[0])
+        ax.set_aspect("equal")
+        ax.legend(fontsize=7, loc="upper right")
+        ax.set_title(f"{len(obj)} objects, {int(matched.sum())} matched to the catalogue", fontsize=9)
+        save(fig, "plots/photometry_objects.png")
+        mags = np.asarray(obj["mag_calib"], float)
+        if calibrated and np.isfinite(mags).sum() > 10:
+            fig = new_figure((6.5, 4))
+            ax = fig.add_subplot(1, 1, 1)
+            ax.hist(mags[np.isfinite(mags)], bins=40, color="C0", alpha=0.8)
+            ax.set_xlabel("calibrated magnitude")
+            ax.set_ylabel("objects")
+            ax.set_title("magnitudes detected", fontsize=9)
+            save(fig, "plots/photometry_mag_histogram.png")
     except Exception as e:  # a plot must never fail the stage
         return written, [f"a plot could not be made: {type(e).__name__}: {e}"]
     return written, []
