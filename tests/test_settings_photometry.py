@@ -90,3 +90,13 @@ def test_the_diagnostic_plots(base):
                  "photometry_astrometry", "photometry_match", "photometry_limit"):
         assert (work / "plots" / f"{name}.png").stat().st_size > 5000, name
         assert f"plots/{name}.png" in res["products"]
+
+
+def test_diagnose_color_compares_every_colour(field, base):
+    res, work = run(field, "diag", diagnose_color=True)
+    d = json.loads((work / "color_diagnostics.json").read_text())
+    fits_ = [f for f in d["fits"] if f.get("scatter") is not None]
+    assert len(fits_) >= 3 and all(f["n_stars"] > 10 for f in fits_)
+    assert (work / "plots" / "photometry_colors.png").is_file()
+    assert res["zp"] == pytest.approx(base[0]["zp"], abs=1e-9)  # the calibration itself is unchanged
+    assert not (base[1] / "color_diagnostics.json").exists()

@@ -235,6 +235,8 @@ class PipelineSettings(Section):
                                                           "cat_limit when set. STDWeb: none")
     sr_override: float | None = Field(None, gt=0, le=60, description="catalogue matching radius, arcsec (default: "
                                                                     "from the FWHM). STDWeb: none")
+    diagnose_color: bool = Field(False, description="also calibrate with every colour the catalogue offers and "
+                                                    "compare (color_diagnostics.json, a plot). STDWeb: false")
     write_segmentation: bool = Field(False, description="also write SExtractor's segmentation map "
                                                         "(segmentation.fits)")
     # STDWeb parity: transients and subtraction (docs/stdweb-settings.md)

@@ -35,6 +35,7 @@ from . import targets as target_list
 from .base import StageError, StageSettings
 from .inspect import frame_geometry
 from .blends import flag_neighbours
+from .color_diagnostics import color_diagnostics
 from .measure import measure
 from .products import (guarded, StageRun, ds9_regions, finite_or_none, new_figure, read_json, save_figure, write_fits,
                        write_json, write_table, write_text)
@@ -155,6 +156,9 @@ def _photometry(run: StageRun, settings: StageSettings):
 
     # ---- zero point
     zp_model, m, calib_notes, calcat = _calibrate(run, p, obj, cat, band, fwhm, pixscale, aper)
+    if p.diagnose_color and zp_model is not None:
+        color_diagnostics(run, obj, cat, zp_model.catalog_band,
+                          (p.sr_override or match_radius_arcsec(fwhm, pixscale)) / 3600, 0)
     summary_zp = {"zp": None, "zp_err": None, "zp_scatter": None, "color_term": None, "color_term_err": None,
                   "color": None, "catalog_band": None, "n_stars_calib": 0, "zeropoint_model": None}
     obj["mag_calib"] = np.full(len(obj), np.nan)
