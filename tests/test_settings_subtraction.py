@@ -120,3 +120,20 @@ def test_filter_skybot_and_vizier_offline_are_recorded(base):
     r, w = rerun(base, "fsky", "subtraction", filter_skybot=True)
     assert any("SkyBoT" in n and "offline" in n for n in r["notes"]), r["notes"]
     assert len(r["candidates_sub"]) >= 1  # nothing dropped on a check that was not done
+
+
+def test_filter_prefilter_rejects_sharp_difference_detections(tmp_path):
+    """Cosmic rays left unmasked (mask_cosmics = false) show on the difference: the shape pre-filter
+    (STDWeb's filter_prefilter, on by default) rejects them; the real transient stays."""
+    fp = synth.make_field(tmp_path / "f", seed=23, width=384, height=384, n_stars=250, n_transients=1,
+                          transient_snr=(40, 40), n_cosmics=40)
+    t = json.loads(fp.truth.read_text())["transients"][0]
+    out = {}
+    for on in (True, False):
+        w = tmp_path / f"w{on}"
+        prepare_folder(fp.frame, w)
+        res = run_chain(w, settings(fp, tmp_path, mask_cosmics=False, filter_prefilter=on, dipole_test=False))
+        assert res["status"] == "done", res["error"]
+        out[on] = res["candidates_sub"]
+    assert len(out[False]) > len(out[True])
+    assert any(abs(c["ra"] - t["ra"]) * 3600 < 2 and abs(c["dec"] - t["dec"]) * 3600 < 2 for c in out[True])

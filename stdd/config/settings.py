@@ -255,6 +255,9 @@ class PipelineSettings(Section):
                                                    "STDWeb: false")
     filter_skybot: bool = Field(False, description="difference candidates on a known asteroid (SkyBoT) are dropped; "
                                                    "online. STDWeb: false")
+    filter_prefilter: bool = Field(True, description="shape pre-filter of difference candidates: sharper than half "
+                                                     "the PSF, wider than 2.5 FWHM or elongated beyond 3:1 are "
+                                                     "rejected. STDWeb: true")
     filter_center: str | None = Field(None, description="restrict difference candidates to a cone around this "
                                                          "position. STDWeb: none")
     filter_sr0: float = Field(1.0, gt=0, le=180, description="radius of that cone, degrees (STDWeb: 1)")

@@ -612,6 +612,18 @@ def _star_residual(run, obj, d, e, badmask, tobj, fwhm, aper, name, k=5.0, floor
     return out
 
 
+def shape_outliers(obj, fwhm: float) -> np.ndarray:
+    """Difference detections whose shape is no point source: sharper than half the PSF (a cosmic
+    ray, a hot pixel), wider than 2.5 FWHM (a residual halo, a galaxy core), or elongated beyond 3:1
+    (a streak, a dipole arm). STDWeb's `filter_prefilter`."""
+    f = np.asarray(obj["fwhm"], float)
+    out = np.isfinite(f) & ((f < 0.5 * fwhm) | (f > 2.5 * fwhm))
+    if "a" in obj.colnames and "b" in obj.colnames:
+        a, b = np.asarray(obj["a"], float), np.asarray(obj["b"], float)
+        out |= np.isfinite(a) & np.isfinite(b) & (b > 0) & (a / np.where(b > 0, b, 1) > 3.0)
+    return out
+
+
 def detect_candidates(run, settings, diff, noise, img_bs, conv, badmask, bits, wcs, zp, fwhm, aper, origin, core, name,
             stars=None, tobj=None):
     """Candidates on one tile's difference: detection, measurement, cuts, dipole test."""
@@ -649,6 +661,12 @@ def detect_candidates(run, settings, diff, noise, img_bs, conv, badmask, bits, w
         keep &= ~_in_halo(obj, stars, origin, fwhm, float(np.nanmedian(e)))
     if tobj is not None and len(tobj):
         keep &= ~_star_residual(run, obj, d, e, badmask, tobj, fwhm, aper, name)
+    if p.filter_prefilter and "fwhm" in obj.colnames:
+        odd = shape_outliers(obj, fwhm)
+        if (odd & keep).any():
+            run.log(f"{name}: {int((odd & keep).sum())} candidate(s) rejected by the shape pre-filter "
+                    "(sharper than half the PSF, wider than 2.5 FWHM, or elongated beyond 3:1)")
+        keep &= ~odd
     obj = obj[keep]
     if not len(obj):
         return obj
