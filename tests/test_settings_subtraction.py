@@ -137,3 +137,17 @@ def test_filter_prefilter_rejects_sharp_difference_detections(tmp_path):
         out[on] = res["candidates_sub"]
     assert len(out[False]) > len(out[True])
     assert any(abs(c["ra"] - t["ra"]) * 3600 < 2 and abs(c["dec"] - t["dec"]) * 3600 < 2 for c in out[True])
+
+
+def test_custom_template_mask_leaves_its_pixels_out(base, tmp_path):
+    d, fp, work, res, t = base
+    data = fits.getdata(fp.template)
+    mask = (data * 0).astype("uint8")
+    mask[: data.shape[0] // 2, :] = 1  # the template's lower half is bad
+    mpath = tmp_path / "tmask.fits"
+    fits.writeto(mpath, mask)
+    r, w = rerun(base, "tmask", "subtraction", custom_template_mask=str(mpath))
+    assert "template mask tmask.fits" in (w / "subtraction.log").read_text()
+    before = fits.getdata(work / "template_mask.fits").astype(bool).mean()
+    after = fits.getdata(w / "template_mask.fits").astype(bool).mean()
+    assert after > before + 0.3  # about half the frame is now masked for the subtraction

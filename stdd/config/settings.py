@@ -271,6 +271,8 @@ class PipelineSettings(Section):
                                                                                 "(HOTPANTS). STDWeb: none")
     custom_template_gain: float | None = Field(None, gt=0, description="gain (e-/ADU) of a custom template "
                                                                         "(default: its header's GAIN; STDWeb: 10000)")
+    custom_template_mask: Path | None = Field(None, description="a FITS mask of a custom template (nonzero = bad; "
+                                                                "the template's own size). STDWeb: drawn per task")
     custom_template_saturation: float | None = Field(None, gt=0, description="saturation (ADU) of a custom "
                                                                               "template (default: its SATURATE)")
 

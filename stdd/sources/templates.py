@@ -102,12 +102,12 @@ def read_image(path: Path) -> tuple[np.ndarray, fits.Header]:
 
 
 def _template_from_file(path: Path, wcs: WCS, shape, method: str, tmpdir, log: Log, source: str,
-                        reuse_dir: Path | None = None) -> Template:
+                        reuse_dir: Path | None = None, mask_file: Path | None = None) -> Template:
     """The template file on the frame's grid. With `reuse_dir` (the frame's own folder), the
     reprojection is kept there, keyed by the file (path, size, mtime), the frame's WCS, shape and
     method, and reused by a rerun of the same frame (the reprojection is most of the template's
     cost; nothing else depends on the file's content)."""
-    kept = _reused(path, wcs, shape, method, reuse_dir)
+    kept = _reused(path, wcs, shape, method, reuse_dir, mask_file)
     if kept is not None and kept.is_file():
         try:
             with fits.open(kept) as hdul:
@@ -120,6 +120,16 @@ def _template_from_file(path: Path, wcs: WCS, shape, method: str, tmpdir, log: L
     hwcs = WCS(header)
     if not hwcs.has_celestial:
         raise SourceError(source, f"{path} has no celestial WCS")
+    if mask_file is not None:  # the template's own bad pixels (nonzero), on its grid: left out before reprojection
+        try:
+            bad = fits.getdata(mask_file) != 0
+        except OSError as e:
+            raise SourceError(source, f"template mask {mask_file}: {e}") from None
+        if bad.shape != image.shape:
+            raise SourceError(source, f"template mask {mask_file} is {bad.shape[1]}x{bad.shape[0]}, the template "
+                                      f"{image.shape[1]}x{image.shape[0]}")
+        image = np.where(bad, np.nan, image)
+        log(f"template mask {Path(mask_file).name}: {int(bad.sum())} pixel(s) left out")
     out = reproject(image, header, wcs, shape, method=method, tmpdir=tmpdir, log=log)
     gain = _float(header.get("GAIN"))
     sat = _float(header.get("SATURATE"))
@@ -128,12 +138,14 @@ def _template_from_file(path: Path, wcs: WCS, shape, method: str, tmpdir, log: L
     return Template(out, source, gain=gain, saturation=sat)
 
 
-def _reused(path: Path, wcs: WCS, shape, method: str, reuse_dir: Path | None) -> Path | None:
+def _reused(path: Path, wcs: WCS, shape, method: str, reuse_dir: Path | None,
+            mask_file: Path | None = None) -> Path | None:
     if reuse_dir is None:
         return None
     st = Path(path).stat()
+    mst = Path(mask_file).stat() if mask_file is not None and Path(mask_file).is_file() else None
     key = key_of("reprojected", str(Path(path).resolve()), st.st_size, st.st_mtime_ns, tuple(shape), method,
-                 wcs.to_header_string(relax=True))
+                 wcs.to_header_string(relax=True), str(mask_file), mst.st_mtime_ns if mst else None)
     return Path(reuse_dir) / f"template-{key}.fits"
 
 
@@ -356,7 +368,7 @@ def survey_template(survey: str, band: str, wcs: WCS, shape, *, hips: str | None
 
 def get_template(settings, band: str, wcs: WCS, shape, *, offline: bool, cache_dir: Path,
                  method: str = "swarp", tmpdir=None, file: Path | None = None, log: Log = print,
-                 reuse_dir: Path | None = None) -> Template | None:
+                 reuse_dir: Path | None = None, mask_file: Path | None = None) -> Template | None:
     """The template for a frame from the configured source, or None when the source has none.
     `reuse_dir`: the frame's folder, where a file template's reprojection is kept for a rerun."""
     src = "custom" if file else settings.source
@@ -368,7 +380,7 @@ def get_template(settings, band: str, wcs: WCS, shape, *, offline: bool, cache_d
             raise SourceError("custom", "template.source = 'custom' but template.file is not set")
         if not path.is_file():
             raise SourceError(f"custom:{path}", "template file not found")
-        return _template_from_file(path, wcs, shape, method, tmpdir, log, f"custom:{path}", reuse_dir)
+        return _template_from_file(path, wcs, shape, method, tmpdir, log, f"custom:{path}", reuse_dir, mask_file)
     if src == "local":
         return local_template(settings.folder, band, wcs, shape, min_overlap=settings.min_overlap,
                               cache_dir=cache_dir, method=method, tmpdir=tmpdir, log=log, reuse_dir=reuse_dir)

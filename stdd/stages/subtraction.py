@@ -101,7 +101,8 @@ def _subtraction(run: StageRun, settings: StageSettings):
     try:
         tmpl = get_template(settings.template, state["band"], wcs, shape, offline=settings.offline,
                             cache_dir=settings.cache_dir, method=p.sub_reproject, tmpdir=run.tmpdir,
-                            file=tfile, log=run.log, reuse_dir=run.folder / ".reuse")
+                            file=tfile, log=run.log, reuse_dir=run.folder / ".reuse",
+                            mask_file=p.custom_template_mask)
     except OfflineError as e:
         raise StageError(f"{STAGE}: template {e}") from None
     except SourceError as e:
