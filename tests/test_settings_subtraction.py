@@ -151,3 +151,24 @@ def test_custom_template_mask_leaves_its_pixels_out(base, tmp_path):
     before = fits.getdata(work / "template_mask.fits").astype(bool).mean()
     after = fits.getdata(w / "template_mask.fits").astype(bool).mean()
     assert after > before + 0.3  # about half the frame is now masked for the subtraction
+
+
+def test_hotpants_extra_and_template_fwhm_reach_hotpants(base, tmp_path):
+    """The options reach HOTPANTS's command line (a stand-in program records its arguments and, like
+    HOTPANTS refusing its input, fails: no HOTPANTS binary is in any registry reachable here)."""
+    args = tmp_path / "args.txt"
+    fake = tmp_path / "bin" / "hotpants"
+    fake.parent.mkdir()
+    fake.write_text(f"#!/bin/sh\necho \"$@\" >> {args}\necho 'ERROR: stand-in' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    r, w = rerun(base, "hp", "subtraction", sub_method="hotpants", hotpants_exe=str(fake),
+                 hotpants_extra={"nsx": 7, "ko": 1, "bgo": 0}, template_fwhm_override=4.0)
+    line = args.read_text()
+    assert " -nsx 7" in line and " -ko 1" in line and " -bgo 0" in line
+    # the template FWHM sets HOTPANTS's kernel Gaussians (-ng, matched to the two FWHMs); without it
+    # HOTPANTS keeps its defaults
+    r2, w2 = rerun(base, "hp2", "subtraction", sub_method="hotpants", hotpants_exe=str(fake))
+    lines = args.read_text().splitlines()
+    assert all(" -ng " in ln for ln in lines if "/hp/" in ln)
+    assert not any(" -ng " in ln for ln in lines if "/hp2/" in ln)
+    assert r["status"] == "failed" and "stand-in" in r["error"]  # and its refusal is said
